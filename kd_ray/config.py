@@ -1,0 +1,235 @@
+"""The sweep config: one YAML file → one frozen, validated :class:`SweepConfig`.
+
+Experiments are data (``experiments/*.yaml``). The file is read with ``yaml.safe_load`` and
+validated by pydantic models that forbid unknown keys, so a typo is an error naming its field,
+never a silently ignored setting. Defaults follow the paper's Appendix A: τ = 10, α = 0.2,
+SGD with lr 0.1 and momentum 0.9, batch 128, step LR with warm-up. Names of datasets, models,
+augmentations, losses and views are checked against their registries when the sweep is planned
+(:func:`kd_ray.plan.plan_sweep`), so the error lists the names that exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kd_ray.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DatasetConfig(_Strict):
+    """One dataset of the sweep; each builder reads the fields it needs."""
+
+    name: str
+    label: str | None = Field(None, description="name in results and plots; defaults to `name`")
+    root: str | None = Field(None, description="data directory (cifar100*, imagenet*)")
+    imbalance: PositiveFloat | None = Field(None, description="*_lt: n_max / n_min; default 100 (CIFAR) or 10 (digits, ImageNet-LT)")
+    image_size: PositiveInt | None = Field(None, description="training resolution; None keeps the native size")
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    split_seed: NonNegInt = 0
+    download: bool = False
+    verify_checksums: bool = Field(True, description="cifar100: False reads an extracted `cifar-100-python` dir without torchvision's MD5 check")
+    train_split: str | None = Field(None, description="imagenet_lt: split file of the training images")
+    val_split: str | None = Field(None, description="imagenet_lt: split file of the validation images")
+    num_classes: PositiveInt | None = Field(None, description="synthetic: classes")
+    num_train: PositiveInt | None = Field(None, description="synthetic: training images")
+    num_val: PositiveInt | None = Field(None, description="synthetic: validation images")
+
+    @property
+    def key(self) -> str:
+        """The dataset's name in trial ids, Parquet and plots."""
+        return self.label or self.name
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped once per epoch.
+
+    ``step``: linear warm-up over ``warmup_epochs``, then the lr is multiplied by ``gamma`` at
+    each of ``milestones`` (the paper's lambda scheduler). ``cosine``: annealing to ``eta_min``
+    over ``t_max`` epochs (default: all epochs). ``constant``: no change.
+    """
+
+    kind: Literal["step", "cosine", "constant"] = "step"
+    milestones: tuple[PositiveInt, ...] = ()
+    gamma: PositiveFloat = 0.1
+    warmup_epochs: NonNegInt = 0
+    t_max: PositiveInt | None = None
+    eta_min: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrainConfig(_Strict):
+    """Optimisation of one model (SGD, Appendix A)."""
+
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+class TeacherConfig(_Strict):
+    arch: str = "resnet50"
+    pretrained: bool = Field(False, description="initialise from torchvision's ImageNet weights")
+    train: TrainConfig = TrainConfig(epochs=60, schedule=ScheduleConfig(milestones=(25, 40, 60), warmup_epochs=1))
+
+
+class StudentConfig(_Strict):
+    arch: str = "resnet18"
+    train: TrainConfig = TrainConfig(epochs=200, schedule=ScheduleConfig(milestones=(190, 195), warmup_epochs=1))
+
+
+class DistillConfig(_Strict):
+    temperature: PositiveFloat = 10.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+
+class GridConfig(_Strict):
+    """The axes of the student grid (datasets are listed at the top level)."""
+
+    teacher_counts: tuple[Annotated[int, Field(ge=1, le=3)], ...] = (1, 2, 3)
+    losses: tuple[str, ...] = ("kd", "zscore_kd")
+    views: tuple[str, ...] = ("full",)
+    seeds: tuple[int, ...] = (0,)
+    permutations: tuple[str, ...] | None = Field(None, description="e.g. ['T1s_T2w_Ss']; default: all")
+
+    @field_validator("teacher_counts", "losses", "views", "seeds")
+    @classmethod
+    def _non_empty_unique(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not v:
+            raise ValueError("must list at least one value")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has repeated values {list(v)}")
+        return v
+
+
+class MetricsConfig(_Strict):
+    ece_bins: Annotated[int, Field(ge=2)] = 15
+    iou_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.4
+    cam_target: Literal["predicted", "label", "sum"] = "predicted"
+
+
+class ResourcesConfig(_Strict):
+    """How trials map onto the cluster."""
+
+    num_workers: PositiveInt = Field(1, description="Ray Train DDP workers per student trial")
+    teacher_workers: PositiveInt = 1
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+    max_concurrent_trials: PositiveInt | None = None
+    report_interval_s: PositiveFloat = Field(0.2, description="Ray Train controller poll interval (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)")
+
+
+class RuntimeConfig(_Strict):
+    """Per-worker speed switches; the defaults are right for CPU and safe on GPU."""
+
+    bf16: bool = Field(False, description="bf16 autocast (CUDA)")
+    channels_last: bool = False
+    compile: bool = False
+    loader_workers: NonNegInt = 0
+    pin_memory: bool = False
+    torch_threads: PositiveInt | None = Field(None, description="intra-op threads per worker; default: its CPUs")
+
+
+class FailureConfig(_Strict):
+    worker_max_failures: NonNegInt = Field(1, description="Ray Train restarts of a trial's workers")
+    trial_max_failures: NonNegInt = Field(0, description="Ray Tune re-runs of a failed trial")
+
+
+class SweepConfig(_Strict):
+    """A whole sweep, as written in ``experiments/NAME.yaml``."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    datasets: tuple[DatasetConfig, ...]
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    grid: GridConfig = GridConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    failure: FailureConfig = FailureConfig()
+    results: str = Field("results", description="results directory or URI (overridden by --results)")
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_datasets(cls, v: tuple[DatasetConfig, ...]) -> tuple[DatasetConfig, ...]:
+        if not v:
+            raise ValueError("must list at least one dataset")
+        keys = [d.key for d in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"dataset labels must be unique, got {keys} (set `label`)")
+        return v
+
+    @model_validator(mode="after")
+    def _batches_shard_evenly(self) -> SweepConfig:
+        for role, train, workers in (
+            ("student", self.student.train, self.resources.num_workers),
+            ("teacher", self.teacher.train, self.resources.teacher_workers),
+        ):
+            if train.batch_size % workers:
+                raise ValueError(
+                    f"{role}.train.batch_size {train.batch_size} must be a multiple of the "
+                    f"{workers} workers, so every DDP step averages equal shards"
+                )
+        return self
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {field}: {msg}{extra}"
+
+
+def parse_config(data: Any, source: str = "config") -> SweepConfig:
+    """Validate a mapping (e.g. from YAML) into a :class:`SweepConfig`.
+
+    Raises:
+        ConfigError: one line naming the first wrong field and what was expected.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep YAML file (``yaml.safe_load`` only: no executable tags)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    return parse_config(data, source=str(path))
+
+
+def dump_config(cfg: SweepConfig) -> str:
+    """The resolved config as YAML, saved next to the results so a sweep can be rerun exactly."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,63 @@
+"""The one place metric names are spelled, and so the Parquet columns (SPEC §2, §3).
+
+Workers report flat ``"{split}/{metric}"`` keys; the collector turns them into rows of
+``epochs.parquet`` and into ``{split}_{metric}`` columns of ``trials.parquet``.
+"""
+
+from __future__ import annotations
+
+SPLITS: tuple[str, ...] = ("train", "val", "val_aug")
+MAX_TEACHERS = 3
+
+# Student-level metrics computed for every split (``loss`` is the distillation loss).
+SPLIT_METRICS: tuple[str, ...] = (
+    "acc",
+    "loss",
+    "agreement",
+    "kl",
+    "mi",
+    "entropy",
+    "ece",
+    "iou_teachers",
+    "iou_student",
+)
+# Per-teacher metrics, suffixed with the teacher's slot: acc_t1, entropy_t2, ...
+TEACHER_METRICS: tuple[str, ...] = ("acc", "entropy")
+
+# SPEC §3: the unprefixed final-epoch columns of trials.parquet and the split each comes from.
+# The paper measures fidelity, attention and entropy "during KD training", so those come from
+# the training stream; calibration is a held-out property, so ECE comes from ``val``.
+TRIAL_SUMMARY_SOURCE: dict[str, tuple[str, str]] = {
+    "val_acc": ("val", "acc"),
+    "train_acc": ("train", "acc"),
+    "agreement": ("train", "agreement"),
+    "kl": ("train", "kl"),
+    "mi": ("train", "mi"),
+    "entropy": ("train", "entropy"),
+    "ece": ("val", "ece"),
+    "iou_teachers": ("train", "iou_teachers"),
+    "iou_student": ("train", "iou_student"),
+}
+
+
+def teacher_metric(metric: str, slot: int) -> str:
+    """Name of a per-teacher metric, e.g. ``teacher_metric("acc", 1) == "acc_t1"``."""
+    return f"{metric}_t{slot}"
+
+
+def all_teacher_metrics() -> tuple[str, ...]:
+    """Every per-teacher metric name for slots 1..MAX_TEACHERS."""
+    return tuple(teacher_metric(m, s) for m in TEACHER_METRICS for s in range(1, MAX_TEACHERS + 1))
+
+
+def report_key(split: str, metric: str) -> str:
+    """Key of a metric in a worker's per-epoch report."""
+    return f"{split}/{metric}"
+
+
+def parse_report_key(key: str) -> tuple[str, str] | None:
+    """``(split, metric)`` of a report key, or None for keys that are not split metrics."""
+    split, sep, metric = key.partition("/")
+    if not sep or split not in SPLITS:
+        return None
+    return split, metric
