@@ -1,0 +1,1 @@
+"""Parquet result tables: their schema and their atomic, idempotent storage."""

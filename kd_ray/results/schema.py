@@ -1,0 +1,102 @@
+"""Column names and types of the four result tables (SPEC §3).
+
+Every table is a directory dataset (``N/<table>.parquet/``) of one file per trial or teacher,
+so every file must carry exactly the same Arrow schema: the schemas here are the single source
+of the columns, built from the metric names in :mod:`kd_ray.metrics.names`.
+
+Trials carry the SPEC's unprefixed final-epoch columns (see ``TRIAL_SUMMARY_SOURCE`` for the
+split each comes from) and, for explicit analysis, ``{split}_{metric}`` for every split and
+metric (``val_acc``, ``train_acc`` and ``val_aug_acc`` are among those).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from kd_ray.metrics.names import SPLIT_METRICS, SPLITS, TRIAL_SUMMARY_SOURCE, all_teacher_metrics
+
+TABLES: tuple[str, ...] = ("trials", "epochs", "teachers", "calibration")
+
+_METRICS = SPLIT_METRICS + all_teacher_metrics()
+
+TRIAL_KEY_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("trial_id", pa.string()),
+    ("dataset", pa.string()),
+    ("n_teachers", pa.int64()),
+    ("perm", pa.string()),
+    ("teacher_augs", pa.string()),
+    ("student_aug", pa.string()),
+    ("loss", pa.string()),
+    ("view", pa.string()),
+    ("seed", pa.int64()),
+    ("teacher_arch", pa.string()),
+    ("student_arch", pa.string()),
+    ("teacher_ids", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("epochs", pa.int64()),
+    ("wall_s", pa.float64()),
+]
+_SUMMARY = [c for c in TRIAL_SUMMARY_SOURCE if not c.endswith("_acc")] + ["gap", "affinity"]
+_SPLIT_COLUMNS = [f"{split}_{m}" for split in SPLITS for m in _METRICS]
+
+TRIALS = pa.schema(TRIAL_KEY_COLUMNS + [(c, pa.float64()) for c in _SUMMARY + _SPLIT_COLUMNS])
+
+EPOCHS = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("epoch", pa.int64()),
+        ("split", pa.string()),
+        ("seconds", pa.float64()),
+        ("lr", pa.float64()),
+    ]
+    + [(m, pa.float64()) for m in _METRICS]
+)
+
+TEACHERS = pa.schema(
+    [
+        ("teacher_id", pa.string()),
+        ("name", pa.string()),
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("slot", pa.int64()),
+        ("aug", pa.string()),
+        ("seed", pa.int64()),
+        ("pretrained", pa.bool_()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("epochs", pa.int64()),
+        ("train_acc", pa.float64()),
+        ("val_acc", pa.float64()),
+        ("wall_s", pa.float64()),
+        ("checkpoint", pa.string()),
+    ]
+)
+
+CALIBRATION = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("split", pa.string()),
+        ("bin", pa.int64()),
+        ("lower", pa.float64()),
+        ("upper", pa.float64()),
+        ("count", pa.int64()),
+        ("acc", pa.float64()),
+        ("conf", pa.float64()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "trials": TRIALS,
+    "epochs": EPOCHS,
+    "teachers": TEACHERS,
+    "calibration": CALIBRATION,
+}
+
+# The columns that identify a row; a resumed sweep leaves exactly one row per key.
+KEYS: dict[str, tuple[str, ...]] = {
+    "trials": ("trial_id",),
+    "epochs": ("trial_id", "epoch", "split"),
+    "teachers": ("teacher_id",),
+    "calibration": ("trial_id", "split", "bin"),
+}
