@@ -1,0 +1,170 @@
+"""From a sweep config to the work it implies: the distinct teachers and the student trials.
+
+Pure Python, no Ray and no training: ``kd-ray sweep --dry-run`` prints this plan, and the
+orchestrator runs it. Names follow SPEC §1: a permutation is ``T1s_T2w_Ss`` (teacher slots in
+order, then the student); loss, view and seed are separate fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+
+from kd_ray.config import DatasetConfig, SweepConfig
+from kd_ray.errors import ConfigError
+
+AUGS: tuple[str, ...] = ("w", "s")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One distinct teacher: trained once, shared by every student trial that names it.
+
+    ``teacher_id`` is a content hash of everything that changes its weights (dataset, arch,
+    slot, augmentation, seed, pretraining, training hyper-parameters), so a teacher trained by
+    an earlier sweep with the same content is found and reused.
+    """
+
+    teacher_id: str
+    name: str  # e.g. "T1w"
+    dataset: str
+    arch: str
+    slot: int
+    aug: str
+    seed: int
+    pretrained: bool
+
+
+@dataclass(frozen=True)
+class StudentTrial:
+    """One student distillation run of the grid."""
+
+    trial_id: str
+    dataset: str
+    perm: str  # e.g. "T1s_T2w_Ss"
+    teacher_augs: str  # e.g. "sw"
+    student_aug: str
+    loss: str
+    view: str
+    seed: int
+    teacher_ids: tuple[str, ...]
+
+    @property
+    def n_teachers(self) -> int:
+        return len(self.teacher_ids)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    teachers: tuple[TeacherSpec, ...]
+    trials: tuple[StudentTrial, ...]
+
+    def teacher(self, teacher_id: str) -> TeacherSpec:
+        return next(t for t in self.teachers if t.teacher_id == teacher_id)
+
+
+def perm_name(teacher_augs: str, student_aug: str) -> str:
+    """``perm_name("sw", "s") == "T1s_T2w_Ss"``."""
+    return "_".join([f"T{i}{a}" for i, a in enumerate(teacher_augs, 1)] + [f"S{student_aug}"])
+
+
+def parse_perm(perm: str) -> tuple[str, str]:
+    """Inverse of :func:`perm_name`: ``(teacher_augs, student_aug)``; ConfigError if malformed."""
+    parts = perm.split("_")
+    ok = 2 <= len(parts) <= 4 and parts[-1] in ("Sw", "Ss")
+    ok = ok and all(p == f"T{i}{p[-1]}" and p[-1] in AUGS for i, p in enumerate(parts[:-1], 1))
+    if not ok:
+        raise ConfigError(f"grid.permutations: {perm!r} is not a permutation like 'T1s_T2w_Ss'")
+    return "".join(p[-1] for p in parts[:-1]), parts[-1][-1]
+
+
+def permutations(k: int) -> list[tuple[str, str]]:
+    """All 2^(k+1) assignments of weak/strong to T1..Tk and S, in a stable order."""
+    return [("".join(t), s) for t in itertools.product(AUGS, repeat=k) for s in AUGS]
+
+
+def _digest(payload: dict) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def teacher_spec(cfg: SweepConfig, dataset: DatasetConfig, slot: int, aug: str, seed: int) -> TeacherSpec:
+    """The teacher in ``slot`` with augmentation ``aug`` for ``dataset`` and ``seed``."""
+    content = {
+        "dataset": dataset.model_dump(exclude={"label"}),
+        "teacher": cfg.teacher.model_dump(),
+        "slot": slot,
+        "aug": aug,
+        "seed": seed,
+    }
+    name = f"T{slot}{aug}"
+    tid = f"{dataset.key}-{cfg.teacher.arch}-{name}-s{seed}-{_digest(content)}"
+    return TeacherSpec(tid, name, dataset.key, cfg.teacher.arch, slot, aug, seed, cfg.teacher.pretrained)
+
+
+def _check_names(cfg: SweepConfig) -> None:
+    """Check every registry name in the config, naming the field on error."""
+    from kd_ray.data import DATASETS, VIEWS
+    from kd_ray.losses import LOSSES
+    from kd_ray.models import MODELS
+
+    checks = [(f"datasets.{i}.name", DATASETS, d.name) for i, d in enumerate(cfg.datasets)]
+    checks += [("teacher.arch", MODELS, cfg.teacher.arch), ("student.arch", MODELS, cfg.student.arch)]
+    checks += [("grid.losses", LOSSES, name) for name in cfg.grid.losses]
+    checks += [("grid.views", VIEWS, name) for name in cfg.grid.views]
+    for field, registry, name in checks:
+        try:
+            registry.get(name)
+        except ConfigError as err:
+            raise ConfigError(f"{field}: {err}") from None
+
+
+def plan_sweep(cfg: SweepConfig, *, check_names: bool = True) -> SweepPlan:
+    """Enumerate the sweep: datasets × seeds × k × permutations × losses × views.
+
+    Raises:
+        ConfigError: an unknown registry name or a malformed/unreachable permutation filter.
+    """
+    if check_names:
+        _check_names(cfg)
+    wanted = None
+    if cfg.grid.permutations is not None:
+        wanted = set(cfg.grid.permutations)
+        for perm in wanted:
+            teacher_augs, _ = parse_perm(perm)
+            if len(teacher_augs) not in cfg.grid.teacher_counts:
+                raise ConfigError(
+                    f"grid.permutations: {perm!r} has {len(teacher_augs)} teachers, "
+                    f"but grid.teacher_counts is {list(cfg.grid.teacher_counts)}"
+                )
+    teachers: dict[str, TeacherSpec] = {}
+    trials: list[StudentTrial] = []
+    for dataset in cfg.datasets:
+        for seed in cfg.grid.seeds:
+            for k in sorted(cfg.grid.teacher_counts):
+                for teacher_augs, student_aug in permutations(k):
+                    perm = perm_name(teacher_augs, student_aug)
+                    if wanted is not None and perm not in wanted:
+                        continue
+                    specs = [teacher_spec(cfg, dataset, i, a, seed) for i, a in enumerate(teacher_augs, 1)]
+                    for spec in specs:
+                        teachers.setdefault(spec.teacher_id, spec)
+                    for loss in cfg.grid.losses:
+                        for view in cfg.grid.views:
+                            trials.append(
+                                StudentTrial(
+                                    trial_id=f"{dataset.key}-{perm}-{loss}-{view}-s{seed}",
+                                    dataset=dataset.key,
+                                    perm=perm,
+                                    teacher_augs=teacher_augs,
+                                    student_aug=student_aug,
+                                    loss=loss,
+                                    view=view,
+                                    seed=seed,
+                                    teacher_ids=tuple(s.teacher_id for s in specs),
+                                )
+                            )
+    ordered = sorted(teachers.values(), key=lambda t: (t.dataset, t.seed, t.slot, AUGS.index(t.aug)))
+    return SweepPlan(tuple(ordered), tuple(trials))

@@ -1,0 +1,74 @@
+"""Atomic, idempotent Parquet tables under a sweep's results directory (SPEC §3).
+
+Each table is a directory dataset ``N/<table>.parquet/`` holding one file per trial (or per
+teacher), named after its key. Writing a trial's rows replaces that trial's file atomically, so
+a trial that is re-reported after a resume replaces its rows instead of duplicating them, and a
+reader never sees half a file. Only the driver writes; workers never touch these tables.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kd_ray.results.schema import KEYS, SCHEMAS
+from kd_ray.storage import Storage
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _file_name(owner: str) -> str:
+    return _SAFE.sub("_", owner) + ".parquet"
+
+
+def to_table(table: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts) as an Arrow table with exactly the table's schema; missing columns are null."""
+    schema = SCHEMAS[table]
+    rows = list(rows)
+    columns = {}
+    for field in schema:
+        values = [row.get(field.name) for row in rows]
+        if pa.types.is_floating(field.type):
+            values = [None if v is None else float(v) for v in values]
+        elif pa.types.is_integer(field.type):
+            values = [None if v is None else int(v) for v in values]
+        columns[field.name] = pa.array(values, type=field.type)
+    return pa.table(columns, schema=schema)
+
+
+class ResultTables:
+    """The four SPEC §3 tables of one sweep."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def write(self, table: str, owner: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the rows that ``owner`` (a trial or teacher id) holds in ``table``."""
+        data = to_table(table, rows)
+        keys = KEYS[table]
+        if data.num_rows and data.select(list(keys)).to_pandas().duplicated().any():
+            raise ValueError(f"duplicate {keys} rows for {owner} in {table}")
+        buf = io.BytesIO()
+        pq.write_table(data, buf)
+        self.storage.write_bytes(f"{table}.parquet/{_file_name(owner)}", buf.getvalue())
+
+    def read_owner(self, table: str, owner: str) -> pd.DataFrame:
+        """The rows ``owner`` holds in ``table`` (empty frame if none)."""
+        name = f"{table}.parquet/{_file_name(owner)}"
+        if not self.storage.exists(name):
+            return SCHEMAS[table].empty_table().to_pandas()
+        return pq.read_table(io.BytesIO(self.storage.read_bytes(name))).to_pandas()
+
+    def read(self, table: str) -> pd.DataFrame:
+        """A whole table (empty frame with the right columns if nothing was written yet)."""
+        names = [n for n in self.storage.listdir(f"{table}.parquet") if n.endswith(".parquet")]
+        if not names:
+            return SCHEMAS[table].empty_table().to_pandas()
+        parts = [pq.read_table(io.BytesIO(self.storage.read_bytes(f"{table}.parquet/{n}"))) for n in names]
+        return pa.concat_tables(parts).to_pandas()
