@@ -1,0 +1,272 @@
+"""Seeded data streams: paired randomness that survives DDP sharding and loader workers.
+
+Every random draw of a stream is a pure function of its seed (SPEC §1, paired randomness):
+
+* the epoch's sample order is ``randperm(n)`` seeded by ``(seed, epoch)``;
+* sample ``i``'s augmentation runs under torch's global RNG seeded by
+  ``stable_seed(seed, epoch, i)``, inside ``torch.random.fork_rng`` so the caller's RNG is
+  left untouched.
+
+Nothing depends on which process draws a sample, so a global batch has the same samples and
+the same augmented pixels whatever the number of DDP ranks or ``DataLoader`` workers, and two
+student trials with the same stream seed see identical batches whatever their teachers or loss.
+A global batch of ``B`` samples is cut into ``world_size`` equal contiguous shards (training
+drops the last partial batch, so every rank makes the same number of steps); evaluation splits
+each batch ``rank::world_size`` without padding or dropping, so every sample is counted once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from kd_ray.data.augment import Transform, build_transform
+from kd_ray.data.base import ImageDatasets, ImageSource
+from kd_ray.errors import ConfigError
+from kd_ray.seeding import stable_seed
+
+
+class AugmentedSplit(Dataset[tuple[torch.Tensor, int]]):
+    """A split whose sample ``i`` is transformed under an RNG seeded by ``(seed, epoch, i)``.
+
+    Args:
+        source: the raw split.
+        transform: uint8 image → normalised float image (it may draw from torch's RNG).
+        seed: base seed of the augmentation draws; ``None`` for a deterministic transform
+            (skips the RNG fork, which is the costly part of a clean evaluation pass).
+    """
+
+    def __init__(self, source: ImageSource, transform: Transform, seed: int | None) -> None:
+        self.source = source
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw epoch ``epoch``'s augmentations (loader workers pick it up at the next epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.source[index]
+        if self.seed is None:
+            return self.transform(image), int(label)
+        with torch.random.fork_rng(devices=[]):
+            # Only the CPU generator: torchvision draws from it, and ``torch.manual_seed`` would
+            # also seed every accelerator, ~100x slower per sample.
+            torch.default_generator.manual_seed(stable_seed(self.seed, self.epoch, index))
+            return self.transform(image), int(label)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Global batches of a seeded epoch order, of which this rank yields its shard.
+
+    Training (``shuffle=True``): each epoch's order is a permutation seeded by
+    ``(seed, epoch)``; global batch ``b`` is ``order[b·B:(b+1)·B]`` and rank ``r`` of ``w`` takes
+    its ``r``-th contiguous ``B/w`` slice. With ``drop_last`` every rank gets equal shards and
+    the same number of steps, which DDP needs. Without it the last partial batch is cut into
+    near-equal contiguous slices and a rank whose slice is empty skips it (fine on one rank; under
+    DDP that rank would make one step fewer, so training uses ``drop_last``).
+
+    Evaluation (``shuffle=False``): the order is ``0..n-1`` and rank ``r`` takes ``batch[r::w]``
+    of every global batch, last partial one included, so the ranks together cover each sample
+    exactly once and metric sums reduced across ranks equal the one-rank sums.
+
+    Raises:
+        ConfigError: ``global_batch_size`` is not a multiple of ``world_size``, or ``drop_last``
+            would leave no batch at all.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        global_batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        if global_batch_size < 1 or global_batch_size % world_size:
+            raise ConfigError(
+                f"batch size {global_batch_size} must be a positive multiple of the {world_size} workers, "
+                "so every rank gets an equal shard"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        if drop_last and n < global_batch_size:
+            raise ConfigError(
+                f"batch size {global_batch_size} exceeds the {n} samples of the split, "
+                "so dropping the last partial batch leaves no batch"
+            )
+        self.n = n
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s permutation from the next iteration on."""
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        generator = torch.Generator().manual_seed(stable_seed(self.seed, "permutation", self.epoch))
+        return torch.randperm(self.n, generator=generator)
+
+    def _shard(self, batch: torch.Tensor) -> torch.Tensor:
+        if not self.shuffle:
+            return batch[self.rank :: self.world_size]
+        m = len(batch)
+        return batch[self.rank * m // self.world_size : (self.rank + 1) * m // self.world_size]
+
+    def global_batches(self) -> list[torch.Tensor]:
+        """This epoch's global batches (the same on every rank)."""
+        batches = list(torch.split(self._order(), self.global_batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.global_batch_size:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            shard = self._shard(batch)
+            if len(shard):
+                yield shard.tolist()
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.global_batch_size)
+        if self.drop_last or rest == 0:
+            return full
+        return full + int(len(self._shard(torch.arange(rest))) > 0)
+
+
+@dataclass(frozen=True)
+class SplitLoaders:
+    """The loaders of one trial on one rank.
+
+    Attributes:
+        train: training batches through the trial's augmentation, reshuffled every epoch.
+        val: the clean validation set (``none`` transform).
+        val_aug: the validation set through the trial's training augmentation, drawn once and
+            identical every epoch, so epoch-to-epoch changes of ``val_aug`` accuracy (and of
+            the affinity) reflect the model, not a new augmentation draw.
+    """
+
+    train: DataLoader
+    val: DataLoader
+    val_aug: DataLoader
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s order and augmentations; call before iterating ``train``."""
+        self.train.dataset.set_epoch(epoch)
+        self.train.batch_sampler.set_epoch(epoch)
+
+
+def _loader(
+    split: AugmentedSplit, sampler: ShardedBatchSampler, seed: int, loader_workers: int, pin_memory: bool
+) -> DataLoader:
+    # Workers are not persistent, so each epoch's iterator forks them with the current epoch.
+    # The explicit generator keeps the DataLoader from drawing its worker base seed from the
+    # caller's global RNG (our per-sample seeding makes that seed irrelevant anyway).
+    return DataLoader(
+        split,
+        batch_sampler=sampler,
+        num_workers=loader_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(stable_seed(seed, "loader")),
+    )
+
+
+def build_loaders(
+    datasets: ImageDatasets,
+    *,
+    student_aug: str,
+    global_batch_size: int,
+    stream_seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    loader_workers: int = 0,
+    pin_memory: bool = False,
+    eval_batch_size: int | None = None,
+) -> SplitLoaders:
+    """Train / val / val_aug loaders of a student trial on rank ``rank`` of ``world_size``.
+
+    Args:
+        datasets: the dataset's splits.
+        student_aug: the student's augmentation (``w``, ``s`` or ``none``); it decides the batch
+            that the student and the frozen teachers see.
+        global_batch_size: samples per optimiser step summed over ranks.
+        stream_seed: :func:`kd_ray.seeding.stream_seed` of the trial; the order and every
+            augmentation draw derive from it (``val_aug`` from ``stable_seed(stream_seed,
+            "val_aug")`` at a fixed epoch 0).
+        rank, world_size: this DDP rank and the number of ranks.
+        loader_workers, pin_memory: passed to ``DataLoader``; they change speed, never batches.
+        eval_batch_size: global batch size of ``val`` and ``val_aug``; defaults to
+            ``global_batch_size``.
+    """
+    train_tf = build_transform(student_aug, datasets)
+    eval_bs = eval_batch_size or global_batch_size
+    train = AugmentedSplit(datasets.train, train_tf, stream_seed)
+    val = AugmentedSplit(datasets.val, build_transform("none", datasets), None)
+    val_aug = AugmentedSplit(datasets.val, train_tf, stable_seed(stream_seed, "val_aug"))
+
+    def eval_sampler() -> ShardedBatchSampler:
+        return ShardedBatchSampler(
+            len(datasets.val), eval_bs, rank=rank, world_size=world_size, shuffle=False, drop_last=False
+        )
+
+    train_sampler = ShardedBatchSampler(
+        len(datasets.train),
+        global_batch_size,
+        seed=stream_seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle=True,
+        drop_last=True,
+    )
+    return SplitLoaders(
+        train=_loader(train, train_sampler, stream_seed, loader_workers, pin_memory),
+        val=_loader(val, eval_sampler(), stream_seed, loader_workers, pin_memory),
+        val_aug=_loader(val_aug, eval_sampler(), stream_seed, loader_workers, pin_memory),
+    )
+
+
+def teacher_loaders(
+    datasets: ImageDatasets,
+    *,
+    aug: str,
+    global_batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    loader_workers: int = 0,
+    pin_memory: bool = False,
+    eval_batch_size: int | None = None,
+) -> SplitLoaders:
+    """Loaders of a teacher's own training: its augmentation, its own seeded stream.
+
+    ``seed`` should identify the teacher (e.g. ``stable_seed`` of its id): ``T1w`` and ``T2w``
+    are different models with different data orders (SPEC §1, Teachers). ``val`` is clean;
+    ``val_aug`` goes through the teacher's augmentation, fixed across epochs.
+    """
+    return build_loaders(
+        datasets,
+        student_aug=aug,
+        global_batch_size=global_batch_size,
+        stream_seed=seed,
+        rank=rank,
+        world_size=world_size,
+        loader_workers=loader_workers,
+        pin_memory=pin_memory,
+        eval_batch_size=eval_batch_size,
+    )
