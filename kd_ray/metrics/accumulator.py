@@ -1,0 +1,223 @@
+"""Streaming, DDP-reducible metrics of one split of one epoch (SPEC §2).
+
+:class:`SplitMetrics` keeps only sums (counts, correct predictions, KL and entropy sums, the
+ensemble-vs-student contingency table, calibration bins, IoU sums) in one flat float64 buffer.
+Sums are what makes the two promises cheap: mutual information and ECE come from the tables
+accumulated over the whole split, not from averages of per-batch values, and ``all_reduce()``
+is a single ``SUM`` collective after which a 2-worker epoch reports what a 1-worker epoch over
+the same samples reports. Every formula comes from :mod:`kd_ray.metrics.functional`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import combinations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from kd_ray.metrics import functional as fn
+from kd_ray.metrics.names import teacher_metric
+
+NAN = float("nan")
+
+
+class SplitMetrics:
+    """Accumulates one split's metrics batch by batch; ``compute()`` gives the flat dict.
+
+    Attention maps of the teachers and the student may come on different grids (a CAM on the
+    last conv stage, a ViT's patch grid): each batch's maps are resized, bilinearly, to
+    ``map_size`` when given (SPEC §2: the input image size), otherwise to the largest grid among
+    that batch's maps, then normalised, binarised and compared as in
+    :func:`~kd_ray.metrics.functional.attention_iou`. Per image, ``iou_teachers`` is the mean IoU
+    over teacher pairs and ``iou_student`` the mean IoU of the student with each teacher; both are
+    then averaged over the images that had maps.
+
+    Args:
+        num_classes: number of classes C (size of the contingency table).
+        n_teachers: number of teachers k (>= 1) passed to every ``update``.
+        ece_bins: number of equal-width confidence bins of the ECE and reliability diagram.
+        iou_threshold: binarisation threshold of the normalised attention maps.
+        map_size: ``(H, W)`` grid on which maps are compared; None uses the largest given grid.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        n_teachers: int,
+        *,
+        ece_bins: int = 15,
+        iou_threshold: float = 0.4,
+        map_size: tuple[int, int] | None = None,
+    ) -> None:
+        if n_teachers < 1:
+            raise ValueError(f"n_teachers must be >= 1, got {n_teachers}")
+        self.num_classes = num_classes
+        self.n_teachers = n_teachers
+        self.ece_bins = ece_bins
+        self.iou_threshold = iou_threshold
+        self.map_size = map_size
+        k, c = n_teachers, num_classes
+        self._layout: dict[str, tuple[int, ...]] = {
+            "n": (),
+            "correct": (),
+            "agree": (),
+            "kl": (),
+            "entropy": (),
+            "loss": (),
+            "loss_n": (),
+            "iou_teachers": (),
+            "iou_teachers_n": (),
+            "iou_student": (),
+            "iou_student_n": (),
+            "teacher_correct": (k,),
+            "teacher_entropy": (k,),
+            "contingency": (c, c),
+            "bins": (3, ece_bins),
+        }
+        self._state = torch.zeros(sum(math.prod(s) for s in self._layout.values()), dtype=torch.float64)
+        self._bind_views()
+
+    def _bind_views(self) -> None:
+        """Named views into the flat buffer, so updates write where ``all_reduce`` reads."""
+        self._views: dict[str, Tensor] = {}
+        start = 0
+        for name, shape in self._layout.items():
+            size = math.prod(shape)
+            self._views[name] = self._state[start : start + size].view(shape)
+            start += size
+
+    def _to_device(self, device: torch.device) -> None:
+        # float64 is unavailable on MPS; elsewhere keep the sums where the logits live, so an
+        # update never forces a device-to-host sync.
+        if device.type != "mps" and self._state.device != device:
+            self._state = self._state.to(device)
+            self._bind_views()
+
+    def reset(self) -> None:
+        """Zero every sum, ready for the next epoch."""
+        self._state.zero_()
+
+    @torch.no_grad()
+    def update(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Sequence[Tensor],
+        targets: Tensor,
+        *,
+        student_maps: Tensor | None = None,
+        teacher_maps: Sequence[Tensor] | None = None,
+        loss: float | Tensor | None = None,
+    ) -> None:
+        """Add one batch.
+
+        Args:
+            student_logits: ``(N, C)`` student logits.
+            teacher_logits: the k teachers' ``(N, C)`` logits, in slot order.
+            targets: ``(N,)`` labels.
+            student_maps: ``(N, h, w)`` student attention maps, or None.
+            teacher_maps: the k teachers' ``(N, h', w')`` attention maps, or None.
+            loss: the batch's mean loss; weighted by N so the epoch value is a per-sample mean.
+        """
+        if len(teacher_logits) != self.n_teachers:
+            raise ValueError(f"expected {self.n_teachers} teacher logits, got {len(teacher_logits)}")
+        student = student_logits.detach()
+        self._to_device(student.device)
+        v = self._views
+        labels = targets.detach().to(student.device).long()
+        n = labels.numel()
+        if n == 0:
+            return
+        teachers = [t.detach().to(student.device) for t in teacher_logits]
+        ensemble = fn.ensemble_logits(teachers)
+        student_pred = fn.predictions(student)
+        ensemble_pred = fn.predictions(ensemble)
+
+        v["n"] += n
+        v["correct"] += (student_pred == labels).sum()
+        v["agree"] += (student_pred == ensemble_pred).sum()
+        v["kl"] += fn.kl_per_sample(ensemble, student).sum()
+        v["entropy"] += fn.entropy_per_sample(student).sum()
+        for i, t in enumerate(teachers):
+            v["teacher_correct"][i] += (fn.predictions(t) == labels).sum()
+            v["teacher_entropy"][i] += fn.entropy_per_sample(t).sum()
+        v["contingency"] += fn.contingency_table(ensemble_pred, student_pred, self.num_classes)
+        v["bins"] += fn.calibration_bins(student, labels, self.ece_bins)
+        if loss is not None:
+            v["loss"] += float(loss) * n
+            v["loss_n"] += n
+        if teacher_maps is not None:
+            self._update_maps(teacher_maps, student_maps)
+        elif student_maps is not None:
+            raise ValueError("student_maps without teacher_maps: no attention IoU to compute")
+
+    def _update_maps(self, teacher_maps: Sequence[Tensor], student_maps: Tensor | None) -> None:
+        if len(teacher_maps) != self.n_teachers:
+            raise ValueError(f"expected {self.n_teachers} teacher maps, got {len(teacher_maps)}")
+        all_maps = [*teacher_maps, *([student_maps] if student_maps is not None else [])]
+        size = self.map_size or fn.common_size(*all_maps)
+        masks = [fn.binarize_maps(m, self.iou_threshold, size) for m in all_maps]
+        teacher_masks = masks[: self.n_teachers]
+        n_images = teacher_masks[0].shape[0]
+        v = self._views
+        if self.n_teachers > 1:
+            pairs = torch.stack([fn.iou_per_image(a, b) for a, b in combinations(teacher_masks, 2)])
+            v["iou_teachers"] += pairs.mean(dim=0).sum().to(self._state.device)
+            v["iou_teachers_n"] += n_images
+        if student_maps is not None:
+            per_teacher = torch.stack([fn.iou_per_image(t, masks[-1]) for t in teacher_masks])
+            v["iou_student"] += per_teacher.mean(dim=0).sum().to(self._state.device)
+            v["iou_student_n"] += n_images
+
+    def all_reduce(self) -> None:
+        """Sum the state over the default process group (no-op when none is initialised).
+
+        Every rank must call it, at the same point; afterwards every rank holds the totals.
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        # Gloo reduces host tensors and NCCL device tensors; move the buffer where needed.
+        wants_cuda = dist.get_backend() == "nccl"
+        buf = self._state
+        if (buf.device.type == "cuda") != wants_cuda:
+            buf = buf.to(torch.device("cuda", torch.cuda.current_device()) if wants_cuda else "cpu")
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        if buf is not self._state:
+            self._state.copy_(buf)
+
+    def compute(self) -> dict[str, float]:
+        """The split's metrics under the names of :mod:`kd_ray.metrics.names`.
+
+        ``acc``, ``agreement``, ``kl``, ``entropy`` and the per-teacher ``acc_t{i}``,
+        ``entropy_t{i}`` are means over samples; ``mi`` and ``ece`` come from the accumulated
+        contingency table and bins. NaN marks what is undefined: every metric of an empty split,
+        ``loss`` when no loss was given, ``iou_teachers`` for k = 1 or without maps,
+        ``iou_student`` without student maps.
+        """
+        s = {name: t.cpu() for name, t in self._views.items()}
+        n = float(s["n"])
+
+        def mean(total: Tensor | float, count: float) -> float:
+            return float(total) / count if count else NAN
+
+        out = {
+            "acc": mean(s["correct"], n),
+            "loss": mean(s["loss"], float(s["loss_n"])),
+            "agreement": mean(s["agree"], n),
+            "kl": mean(s["kl"], n),
+            "mi": fn.mutual_information_from_table(s["contingency"]),
+            "entropy": mean(s["entropy"], n),
+            "ece": fn.ece_from_bins(s["bins"]),
+            "iou_teachers": mean(s["iou_teachers"], float(s["iou_teachers_n"])),
+            "iou_student": mean(s["iou_student"], float(s["iou_student_n"])),
+        }
+        for i in range(self.n_teachers):
+            out[teacher_metric("acc", i + 1)] = mean(s["teacher_correct"][i], n)
+            out[teacher_metric("entropy", i + 1)] = mean(s["teacher_entropy"][i], n)
+        return out
+
+    def calibration(self) -> list[dict[str, float]]:
+        """Reliability-diagram rows ``{bin, count, acc, conf}`` of the student (SPEC §3)."""
+        return fn.reliability_from_bins(self._views["bins"].cpu())
