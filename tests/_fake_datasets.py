@@ -107,12 +107,13 @@ def write_jpeg(path: Path, label: int, size: tuple[int, int], seed: int = 0, mod
 
     JPEG is lossy and subsamples colour, so the label is a flat colour (which survives
     compression and resizing to within a few levels) rather than a single pixel; green carries
-    seeded noise so images differ. ``mode="L"`` writes a grayscale JPEG, as some ImageNet files are.
+    mild seeded noise (strong noise would leak into red through chroma subsampling) so images
+    differ. ``mode="L"`` writes a grayscale JPEG, as some ImageNet files are.
     """
     rng = np.random.default_rng(seed)
     pixels = np.empty((size[1], size[0], 3), dtype=np.uint8)
     pixels[..., 0] = label_red(label)
-    pixels[..., 1] = rng.integers(0, 256, size=(size[1], size[0]), dtype=np.uint8)
+    pixels[..., 1] = rng.integers(112, 144, size=(size[1], size[0]), dtype=np.uint8)
     pixels[..., 2] = 128
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).convert(mode).save(path, format="JPEG", quality=95)
