@@ -119,13 +119,13 @@ def ece_from_bins(bins: Tensor) -> float:
 
 
 def reliability_from_bins(bins: Tensor) -> list[dict[str, float]]:
-    """Rows ``{bin, count, acc, conf}`` of a reliability diagram (acc and conf NaN for an
-    empty bin), the ``calibration.parquet`` grain of SPEC §3."""
+    """Rows ``{bin, count, acc, conf}`` of a reliability diagram, the ``calibration.parquet``
+    grain of SPEC §3; ``count`` is an int, ``acc`` and ``conf`` are NaN for an empty bin."""
     count, correct, conf = bins.tolist()
     return [
         {
             "bin": m,
-            "count": n,
+            "count": int(n),
             "acc": c / n if n else NAN,
             "conf": s / n if n else NAN,
         }
