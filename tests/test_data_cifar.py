@@ -165,7 +165,8 @@ def test_cifar100_lt_on_a_small_archive_is_deterministic(small_root: Path) -> No
 
 
 def test_full_size_archive_gives_the_published_cifar100_lt_sizes(full_root: Path) -> None:
-    """SPEC §5: imbalance 100 keeps 10847 images (500 in class 0, 5 in class 99); 50 → 12608; 10 → 19573."""
+    """SPEC §5: imbalance 100 keeps 10847 images, 500 in class 0 and 5 in class 99 (50 and 10 are
+    long_tail_counts facts, tested with it; each extra build here rereads 150 MB)."""
     folder = full_root / "cifar-100-python"
     rows, labels = _rows(folder, "train")
     full = DATASETS.get("cifar100")(_cfg(root=str(full_root)))
@@ -179,16 +180,6 @@ def test_full_size_archive_gives_the_published_cifar100_lt_sizes(full_root: Path
     assert np.array_equal(lt.train.labels, np.asarray(labels)[keep])
     assert np.array_equal(lt.train.images[:, 0, 0, 0].numpy(), lt.train.labels)  # labels match images
     assert torch.equal(lt.val.images, full.val.images)  # validation is the full test split
-
-    for imbalance, n in ((50.0, 12608), (10.0, 19573)):
-        assert (
-            len(
-                DATASETS.get("cifar100_lt")(
-                    _cfg("cifar100_lt", root=str(full_root), imbalance=imbalance)
-                ).train
-            )
-            == n
-        )
 
 
 # Batch resize on the device (the paper's 32 → 224 upsampling, done once per batch).
