@@ -18,6 +18,7 @@ each batch ``rank::world_size`` without padding or dropping, so every sample is 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,26 @@ from kd_ray.data.augment import Transform, build_transform
 from kd_ray.data.base import ImageDatasets, ImageSource
 from kd_ray.errors import ConfigError
 from kd_ray.seeding import stable_seed
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    """Run one image's transform on one intra-op thread, as ``DataLoader`` workers do.
+
+    Per-image ops are far too small to gain from threads: in-process loading (``loader_workers
+    = 0``, the CPU default) otherwise pays the thread pool's synchronisation on every op, 10x
+    slower for AutoAugment on 16-pixel images on a busy 2-core machine. It also makes the pixels
+    independent of the process's thread count (reduction order), so workers never change them.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class AugmentedSplit(Dataset[tuple[torch.Tensor, int]]):
@@ -54,13 +75,14 @@ class AugmentedSplit(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.source[index]
-        if self.seed is None:
-            return self.transform(image), int(label)
-        with torch.random.fork_rng(devices=[]):
-            # Only the CPU generator: torchvision draws from it, and ``torch.manual_seed`` would
-            # also seed every accelerator, ~100x slower per sample.
-            torch.default_generator.manual_seed(stable_seed(self.seed, self.epoch, index))
-            return self.transform(image), int(label)
+        with _single_thread():
+            if self.seed is None:
+                return self.transform(image), int(label)
+            with torch.random.fork_rng(devices=[]):
+                # Only the CPU generator: torchvision draws from it, and ``torch.manual_seed``
+                # would also seed every accelerator, ~100x slower per sample.
+                torch.default_generator.manual_seed(stable_seed(self.seed, self.epoch, index))
+                return self.transform(image), int(label)
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
