@@ -31,7 +31,7 @@ def _softmax(x):
 def test_top1_agreement_hand_computed():
     a = [[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [0.0, 0.0, 1.0]]
     b = [[9.0, 1.0, 0.0], [4.0, 3.0, 1.0], [1.0, 0.0, 5.0], [3.0, 0.0, 1.0]]
-    assert metrics.top1_agreement(a and np.array(a), np.array(b)) == pytest.approx(0.5)
+    assert metrics.top1_agreement(np.array(a), np.array(b)) == pytest.approx(0.5)
     assert metrics.top1_agreement(torch.tensor(a), torch.tensor(b)) == pytest.approx(0.5)
     # Labels work as well as logits.
     assert metrics.top1_agreement(np.array([0, 1, 2, 2]), np.array(b)) == pytest.approx(0.5)
