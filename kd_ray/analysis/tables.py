@@ -1,0 +1,127 @@
+"""The paper's tables (1, C.2-C.4, G.5, H.6) as DataFrames, values averaged over seeds.
+
+Tables 1 and H.6 keep the paper's layout: one row per (dataset, metric) and one column per
+trial name in the paper's order; teacher count, loss and view join the row key because a user's
+sweep may vary them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kd_ray.analysis.aggregate import NoData, ok_trials, seed_means, sort_perms
+from kd_ray.analysis.stats import eq9_p_value
+
+_ROW_KEYS = ["dataset", "n_teachers", "loss", "view"]
+
+
+def _metric_by_perm(trials: pd.DataFrame, metrics: list[str], what: str) -> pd.DataFrame:
+    ok = ok_trials(trials)
+    if ok.empty:
+        raise NoData(f"no successful trials for {what}")
+    points = seed_means(ok, metrics)
+    long = points.melt(id_vars=_ROW_KEYS + ["perm"], value_vars=metrics, var_name="metric")
+    table = long.pivot_table(
+        index=_ROW_KEYS + ["metric"], columns="perm", values="value", aggfunc="mean", dropna=False
+    )
+    table = table.reindex(columns=sort_perms(table.columns))
+    table = table.dropna(how="all")
+    order = {m: i for i, m in enumerate(metrics)}
+    table = table.sort_index(level="metric", key=lambda idx: idx.map(order), sort_remaining=False)
+    table = table.sort_index(level=_ROW_KEYS, sort_remaining=False)
+    table.columns.name = "trial"
+    return table
+
+
+def table1_affinity_acc(trials: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: affinity and student val accuracy per trial (mean over seeds)."""
+    return _metric_by_perm(trials, ["affinity", "val_acc"], "Table 1")
+
+
+def table_h6_ece_affinity(trials: pd.DataFrame) -> pd.DataFrame:
+    """Table H.6: student ECE (val) and affinity per trial (mean over seeds)."""
+    return _metric_by_perm(trials, ["ece", "affinity"], "Table H.6")
+
+
+_AB_KEYS = ["dataset", "teacher_arch", "student_arch", "n_teachers", "loss", "perm"]
+
+
+def _ab_pairs(trials: pd.DataFrame) -> pd.DataFrame:
+    ok = ok_trials(trials)
+    keys = [*_AB_KEYS, "seed"]
+    full = ok[ok["view"] == "full"].set_index(keys)
+    split = ok[ok["view"] == "split"].set_index(keys)
+    pairs = full[["gap", "iou_teachers", "agreement"]].join(
+        split[["gap", "iou_teachers", "agreement"]], how="inner", suffixes=("_vKD", "_hKD")
+    )
+    if pairs.empty:
+        reason = (
+            "no split-view (hKD) trials" if split.empty else "no split-view trial matches a full-view trial"
+        )
+        raise NoData(
+            f"the A/B test needs full and split view trials of the same configuration and seed: {reason}"
+        )
+    return pairs.reset_index()
+
+
+def table_c_ab(trials: pd.DataFrame) -> pd.DataFrame:
+    """Tables C.2-C.4: A/B test per trial, vKD (full view) vs hKD (split view).
+
+    Columns are (metric, group) for the train − val gap, teacher attention IoU and fidelity;
+    rows are (dataset, architectures, teacher count, loss, trial name), seeds averaged over the
+    seeds present in both groups.
+    """
+    pairs = _ab_pairs(trials)
+    table = pairs.groupby(_AB_KEYS, sort=False).mean(numeric_only=True).drop(columns="seed")
+    table.columns = pd.MultiIndex.from_tuples(
+        [tuple(c.rsplit("_", 1)) for c in table.columns], names=["metric", "group"]
+    )
+    table = table.reindex(
+        columns=pd.MultiIndex.from_product([["gap", "iou_teachers", "agreement"], ["vKD", "hKD"]])
+    )
+    order = table.index.get_level_values("perm").map({p: i for i, p in enumerate(sort_perms(pairs["perm"]))})
+    return table.iloc[order.argsort(kind="stable")]
+
+
+def ab_p_values(trials: pd.DataFrame) -> pd.DataFrame:
+    """Eq. 9 of the paper for each A/B table: #|fidelity(hKD) > fidelity(vKD)| / Num.
+
+    Num counts paired trials (seeds separately, as the paper counts trials); ``n_higher`` is
+    the numerator. The same fraction is given for teacher IoU.
+    """
+    pairs = _ab_pairs(trials)
+    rows = []
+    for key, group in pairs.groupby(
+        ["dataset", "teacher_arch", "student_arch", "n_teachers", "loss"], sort=False
+    ):
+        rows.append(
+            dict(
+                zip(["dataset", "teacher_arch", "student_arch", "n_teachers", "loss"], key, strict=True),
+                num=len(group),
+                n_higher=int((group["agreement_hKD"] > group["agreement_vKD"]).sum()),
+                p_eq9=eq9_p_value(group["agreement_hKD"].to_numpy(), group["agreement_vKD"].to_numpy()),
+                p_eq9_iou=eq9_p_value(
+                    group["iou_teachers_hKD"].to_numpy(), group["iou_teachers_vKD"].to_numpy()
+                ),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def table_g5_best(trials: pd.DataFrame) -> pd.DataFrame:
+    """Table G.5, the sweep's own rows: best val accuracy per dataset and teacher count.
+
+    "Ours(kT)" in the paper is its best full-view vanilla-KD trial with k teachers; LFME and
+    DMAE are other papers' numbers and are not recomputed. One row per (dataset, k) with the
+    winning trial name, its mean val accuracy over seeds and the seed count.
+    """
+    ok = ok_trials(trials)
+    ok = ok[(ok["view"] == "full") & (ok["loss"] == "kd")]
+    if ok.empty:
+        raise NoData("Table G.5 needs successful full-view vanilla-KD (loss kd) trials")
+    points = seed_means(ok, ["val_acc"]).dropna(subset=["val_acc"])
+    best = points.loc[points.groupby(["dataset", "n_teachers"])["val_acc"].idxmax()]
+    best = best.assign(method=[f"Ours({k}T)" for k in best["n_teachers"]])
+    return best[
+        ["method", "dataset", "n_teachers", "teacher_arch", "student_arch", "perm", "val_acc", "n_seeds"]
+    ].reset_index(drop=True)

@@ -1,0 +1,230 @@
+"""``kd-ray report``: one self-contained, offline HTML file with the claims check and the paper's
+figures and tables drawn from a sweep's own results.
+
+plotly.js is embedded once in the page head and every figure is a bare ``<div>`` that uses it,
+so the file opens without a network and stays a few MB however many figures it has. This is
+the analysis package's I/O edge: it reads the results, calls the pure functions of
+:mod:`kd_ray.analysis`, and writes the file atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from kd_ray import analysis as A
+from kd_ray.errors import ResultsError
+
+logger = logging.getLogger(__name__)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1280px;
+padding:0 1rem;color:#222;line-height:1.45}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.5rem}
+table.kd-table{border-collapse:collapse;font-size:.85rem;margin:.8rem 0;display:block;overflow-x:auto}
+table.kd-table th,table.kd-table td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
+table.kd-table th{background:#f5f5f5} td.text{text-align:left}
+.verdict-supported{background:#e3f4e1} .verdict-contradicted{background:#fbe3e1}
+.verdict-inconclusive{background:#f4f1e1}
+p.nodata{color:#8a6d3b;background:#fcf8e3;border:1px solid #faebcc;padding:.5rem .8rem;border-radius:4px}
+.meta{color:#666;font-size:.9rem} details{margin:.5rem 0} pre{background:#f7f7f7;padding:.6rem;overflow-x:auto}
+"""
+
+_CLAIM_COLUMNS = {
+    "claim": "claim",
+    "claim_text": "what the paper says",
+    "verdict": "verdict",
+    "statistic": "statistic",
+    "value": "value",
+    "p_value": "p",
+    "p_eq9": "eq. 9 p",
+    "ci_low": "95% CI low",
+    "ci_high": "95% CI high",
+    "n": "n",
+    "n_needed": "n needed",
+    "note": "note",
+}
+
+
+def _fmt(value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _claims_html(claims: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for label in _CLAIM_COLUMNS.values())
+    body = []
+    for row in claims.to_dict("records"):
+        cells = []
+        for column in _CLAIM_COLUMNS:
+            cls = "text" if column in ("claim_text", "statistic", "note", "verdict", "claim") else ""
+            if column == "verdict":
+                cls += f" verdict-{row['verdict']}"
+            cells.append(f'<td class="{cls.strip()}">{_fmt(row[column])}</td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="kd-table" id="claims"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _table_html(table: pd.DataFrame, table_id: str) -> str:
+    return table.to_html(
+        classes="kd-table", table_id=table_id, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0
+    )
+
+
+class _Page:
+    """Accumulates sections; figures and tables whose data is missing become a sentence."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.n_figures = 0
+
+    def add(self, markup: str) -> None:
+        self.parts.append(markup)
+
+    def figure(self, slug: str, build: Callable[[], go.Figure]) -> None:
+        try:
+            fig = build()
+        except A.NoData as reason:
+            self.parts.append(
+                f'<p class="nodata" data-missing="{slug}">Not shown: {html.escape(str(reason))}.</p>'
+            )
+            return
+        self.n_figures += 1
+        div = pio.to_html(
+            fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{slug}", config={"responsive": True}
+        )
+        self.parts.append(f'<div class="kd-figure" data-figure="{slug}">{div}</div>')
+
+    def table(self, slug: str, build: Callable[[], pd.DataFrame]) -> None:
+        try:
+            table = build()
+        except A.NoData as reason:
+            self.parts.append(
+                f'<p class="nodata" data-missing="{slug}">Not shown: {html.escape(str(reason))}.</p>'
+            )
+            return
+        self.parts.append(_table_html(table, f"table-{slug}"))
+
+
+def build_report_html(results: A.Results, config_text: str | None = None) -> str:
+    """The report page for loaded results: claims first, then the paper's order, then curves."""
+    t, page = results.trials, _Page()
+    ok = t[t["status"] == "ok"]
+    failed = t[t["status"] != "ok"]
+    page.add(f"<h1>kd_ray report · {html.escape(results.name)}</h1>")
+    page.add(
+        f'<p class="meta">{len(t)} student trials ({len(ok)} ok, {len(failed)} failed) · datasets: '
+        f"{html.escape(', '.join(sorted(t['dataset'].unique())))} · teacher counts: "
+        f"{', '.join(str(k) for k in sorted(t['n_teachers'].unique()))} · losses: "
+        f"{html.escape(', '.join(sorted(t['loss'].unique())))} · views: {html.escape(', '.join(sorted(t['view'].unique())))} · "
+        f"seeds: {t['seed'].nunique()} · {len(results.teachers)} teachers</p>"
+    )
+    page.add("<h2>Claims check</h2>")
+    page.add(
+        f"<p>Each claim is tested two-sided at α = {A.ALPHA}, on configurations (seeds averaged). "
+        "<b>supported</b>: significant in the paper's direction (all parts of the claim); <b>contradicted</b>: "
+        "some part significant against it (Bonferroni within the claim); otherwise <b>inconclusive</b>, with "
+        "the n that would detect the observed effect at 80% power. CIs are 95% percentile intervals of a "
+        "two-level bootstrap over configurations and seeds. Correlations are Spearman ρ within strata "
+        "(dataset, architectures, teacher count, loss) with a permutation p-value; paired claims use the "
+        "Wilcoxon signed-rank test with the Hodges-Lehmann difference, and also show the paper's eq. 9.</p>"
+    )
+    parts = A.claim_parts(t)
+    page.add(_claims_html(A.summarize_claims(parts)))
+    detail = parts.drop(columns=["claim_text", "expected_sign"]).set_index(["claim", "part"])
+    page.add(
+        f"<details><summary>Every part of every claim</summary>{_table_html(detail, 'claim-parts')}</details>"
+    )
+
+    page.add("<h2>1 · Overview (Fig 1)</h2>")
+    page.figure("fig1", lambda: A.fig1_overview(t))
+    page.add("<h2>6.1 · Attention map diversity (Fig 2, Table 1, Fig D.6)</h2>")
+    page.figure("fig2", lambda: A.fig2_iou_vs_acc(t))
+    page.add("<h3>Table 1 · affinity and val accuracy</h3>")
+    page.table("table1", lambda: A.table1_affinity_acc(t))
+    page.figure("figD6", lambda: A.fig_d6_iou_vs_affinity(t))
+    page.add("<h2>6.2 · Fidelity and mutual information (Fig 3, Fig B.5, Tables C.2-C.4)</h2>")
+    page.figure("fig3", lambda: A.fig3_fidelity_mi(t))
+    page.figure("figB5", lambda: A.fig_b5_kl(t))
+    page.add("<h3>Tables C.2-C.4 · A/B test, vKD (full view) vs hKD (split view)</h3>")
+    page.table("tableC", lambda: A.table_c_ab(t))
+    page.add("<p>Eq. 9: p = #|fidelity(hKD) &gt; fidelity(vKD)| / Num over paired trials.</p>")
+    page.table(
+        "eq9",
+        lambda: A.ab_p_values(t).set_index(["dataset", "teacher_arch", "student_arch", "n_teachers", "loss"]),
+    )
+    page.add("<h2>6.3 · Logit-matching optimisation (Fig 4)</h2>")
+    page.figure("fig4", lambda: A.fig4_zscore_bars(t))
+    page.add("<h2>Appendix E · Vision Transformers (Fig E.7)</h2>")
+    page.figure("figE7", lambda: A.fig_e7_vit(t))
+    page.add("<h2>Appendix F · three teachers (Fig F.8)</h2>")
+    page.figure("figF8", lambda: A.fig_f8_three_teachers(t))
+    page.add("<h2>Appendix G · best student per teacher count (Table G.5)</h2>")
+    page.table("tableG5", lambda: A.table_g5_best(t).set_index(["method", "dataset"]))
+    page.add("<h2>Appendix H · calibration and overfitting (Fig H.9, Table H.6)</h2>")
+    page.figure("figH9top", lambda: A.fig_h9_entropy_gap(t))
+    page.figure("figH9bottom", lambda: A.fig_h9_reliability(t, results.calibration))
+    page.add("<h3>Table H.6 · ECE and affinity</h3>")
+    page.table("tableH6", lambda: A.table_h6_ece_affinity(t))
+    page.add("<h2>Per-trial epoch curves</h2><p>Choose a trial with the selector at the top right.</p>")
+    page.figure("curves", lambda: A.epoch_curves(t, results.epochs))
+    if not failed.empty:
+        page.add("<h2>Failed trials</h2>")
+        page.add(
+            _table_html(
+                failed[["trial_id", "perm", "loss", "view", "seed", "error"]].set_index("trial_id"), "failed"
+            )
+        )
+    if config_text:
+        page.add(
+            f"<details><summary>Resolved sweep config</summary><pre>{html.escape(config_text)}</pre></details>"
+        )
+    title = html.escape(f"kd_ray report · {results.name}")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f'<style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head>'
+        f'<body data-figures="{page.n_figures}">{"".join(page.parts)}</body></html>\n'
+    )
+
+
+def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the HTML report of a sweep's results directory.
+
+    Args:
+        results_dir: ``RESULTS/N``, the directory a sweep wrote.
+        out: the HTML file to write; defaults to ``RESULTS/N/report.html``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ResultsError: the results directory is missing or invalid, or ``out`` cannot be written.
+    """
+    root = Path(results_dir)
+    results = A.load_results(root)
+    config = root / "config.yaml"
+    page = build_report_html(results, config.read_text() if config.is_file() else None)
+    target = Path(out) if out is not None else root / "report.html"
+    if not target.parent.is_dir():
+        raise ResultsError(f"cannot write {target}: directory {target.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(page)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    logger.info("wrote %s", target)
+    return target
