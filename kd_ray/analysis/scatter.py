@@ -43,7 +43,9 @@ def _select(trials: pd.DataFrame, *, n_teachers: int | None, vit: bool | None, w
     if vit is not None:
         ok = ok[is_vit(ok["teacher_arch"]) == vit]
     if ok.empty:
-        raise NoData(f"no successful full-view trials {what} in these results")
+        raise NoData(
+            " ".join(["no successful full-view trials", what, "in these results"]).replace("  ", " ")
+        )
     return ok
 
 
