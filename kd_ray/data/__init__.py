@@ -7,9 +7,10 @@ imbalance)``.
 
 from __future__ import annotations
 
-from kd_ray.data import digits, synthetic  # noqa: F401  (register their datasets)
+from kd_ray.data import cifar, digits, imagenet, synthetic  # noqa: F401  (register their datasets)
 from kd_ray.data.augment import AUGMENTATIONS, build_transform
 from kd_ray.data.base import DATASETS, ImageDatasets, ImageSource, TensorImageSource
+from kd_ray.data.device_resize import resize_batch
 from kd_ray.data.long_tail import long_tail_counts, long_tail_indices
 from kd_ray.data.streams import (
     AugmentedSplit,
@@ -34,5 +35,6 @@ __all__ = [
     "build_transform",
     "long_tail_counts",
     "long_tail_indices",
+    "resize_batch",
     "teacher_loaders",
 ]

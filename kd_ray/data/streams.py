@@ -58,22 +58,37 @@ class AugmentedSplit(Dataset[tuple[torch.Tensor, int]]):
         transform: uint8 image → normalised float image (it may draw from torch's RNG).
         seed: base seed of the augmentation draws; ``None`` for a deterministic transform
             (skips the RNG fork, which is the costly part of a clean evaluation pass).
+        cache: keep each transformed sample after its first draw; for evaluation splits, whose
+            draw does not change between epochs (their epoch stays 0).
     """
 
-    def __init__(self, source: ImageSource, transform: Transform, seed: int | None) -> None:
+    def __init__(
+        self, source: ImageSource, transform: Transform, seed: int | None, *, cache: bool = False
+    ) -> None:
         self.source = source
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        # Evaluation splits draw the same pixels every epoch; small ones are transformed once.
+        self._cache: dict[int, tuple[torch.Tensor, int]] | None = {} if cache else None
 
     def set_epoch(self, epoch: int) -> None:
         """Draw epoch ``epoch``'s augmentations (loader workers pick it up at the next epoch)."""
+        if self._cache is not None and epoch != self.epoch:
+            raise ValueError("a cached split draws the same pixels every epoch; it has no epochs")
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self._cache is not None:
+            if index not in self._cache:
+                self._cache[index] = self._draw(index)
+            return self._cache[index]
+        return self._draw(index)
+
+    def _draw(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.source[index]
         with _single_thread():
             if self.seed is None:
@@ -209,6 +224,15 @@ def _loader(
     )
 
 
+# Per-rank memory allowed for each cached evaluation split (float32 pixels after transform).
+EVAL_CACHE_BYTES = 256 * 2**20
+
+
+def _eval_cache_fits(datasets: ImageDatasets) -> bool:
+    side = datasets.native_size
+    return len(datasets.val) * datasets.channels * side * side * 4 <= EVAL_CACHE_BYTES
+
+
 def build_loaders(
     datasets: ImageDatasets,
     *,
@@ -239,8 +263,9 @@ def build_loaders(
     train_tf = build_transform(student_aug, datasets)
     eval_bs = eval_batch_size or global_batch_size
     train = AugmentedSplit(datasets.train, train_tf, stream_seed)
-    val = AugmentedSplit(datasets.val, build_transform("none", datasets), None)
-    val_aug = AugmentedSplit(datasets.val, train_tf, stable_seed(stream_seed, "val_aug"))
+    cache = _eval_cache_fits(datasets)
+    val = AugmentedSplit(datasets.val, build_transform("none", datasets), None, cache=cache)
+    val_aug = AugmentedSplit(datasets.val, train_tf, stable_seed(stream_seed, "val_aug"), cache=cache)
 
     def eval_sampler() -> ShardedBatchSampler:
         return ShardedBatchSampler(

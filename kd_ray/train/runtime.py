@@ -1,0 +1,63 @@
+"""Per-worker device and speed switches (SPEC issue 4: bf16, channels_last, torch.compile).
+
+One object holds the decisions so the loops stay plain: where tensors go, whether to autocast,
+in which memory format, and whether models are compiled. Defaults are right for CPU; each
+switch is a config field (``runtime.*``) with the reason it is off or on by default there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kd_ray.config import RuntimeConfig
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: RuntimeConfig, device: torch.device) -> Runtime:
+        # bf16 autocast only pays off on GPUs with bf16 tensor cores; on CPU it is slower.
+        return cls(
+            device,
+            bf16=cfg.bf16 and device.type == "cuda",
+            channels_last=cfg.channels_last,
+            compile=cfg.compile,
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def model(self, model: nn.Module) -> nn.Module:
+        """Move a model to the device (and memory format); compile it if asked."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        # Compile after DDP wrapping so DDP's hooks see the compiled graph's buckets.
+        return torch.compile(model) if self.compile else model
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+
+def sum_across_workers(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce a tensor of sums across the DDP process group (no-op in one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t

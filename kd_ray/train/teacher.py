@@ -1,0 +1,122 @@
+"""Training one teacher with its own augmentation (cross-entropy, SGD, the paper's schedule)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd_ray.config import SweepConfig
+from kd_ray.data import ImageDatasets
+from kd_ray.data.device_resize import resize_batch
+from kd_ray.data.streams import teacher_loaders
+from kd_ray.models import create_model
+from kd_ray.plan import TeacherSpec
+from kd_ray.seeding import stable_seed
+from kd_ray.train.checkpoint import unwrap
+from kd_ray.train.optim import build_optimizer, build_scheduler
+from kd_ray.train.runtime import Runtime, sum_across_workers
+
+
+def dataset_config(cfg: SweepConfig, key: str):
+    """The DatasetConfig whose key (label or name) is ``key``."""
+    return next(d for d in cfg.datasets if d.key == key)
+
+
+class TeacherRun:
+    """The epochs of one teacher; the caller reports and checkpoints between them.
+
+    Its initial weights and data stream are seeded by the teacher's id, so a teacher is the same
+    model whichever sweep or worker count trains it.
+    """
+
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        spec: TeacherSpec,
+        datasets: ImageDatasets,
+        runtime: Runtime,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+    ) -> None:
+        self.train_cfg = cfg.teacher.train
+        self.image_size = dataset_config(cfg, spec.dataset).image_size
+        self.runtime = runtime
+        torch.manual_seed(stable_seed("teacher-init", spec.teacher_id))
+        model = create_model(
+            cfg.teacher.arch,
+            num_classes=datasets.num_classes,
+            in_channels=datasets.channels,
+            pretrained=spec.pretrained,
+            image_size=self.image_size or datasets.native_size,
+        )
+        self.model = runtime.compiled(wrap(runtime.model(model)))
+        self.optimizer = build_optimizer(self.model, self.train_cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
+        self.loaders = teacher_loaders(
+            datasets,
+            aug=spec.aug,
+            global_batch_size=self.train_cfg.batch_size,
+            seed=stable_seed("teacher-stream", spec.teacher_id),
+            rank=rank,
+            world_size=world_size,
+            loader_workers=cfg.runtime.loader_workers,
+            pin_memory=cfg.runtime.pin_memory,
+        )
+
+    def _inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.runtime.batch(x, y)
+        return (resize_batch(x, self.image_size) if self.image_size else x), y
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """Train 1-based ``epoch`` and evaluate; returns flat ``split/metric`` values."""
+        start = time.perf_counter()
+        self.loaders.set_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.model.train()
+        train = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        for x, y in self.loaders.train:
+            x, y = self._inputs(x, y)
+            with self.runtime.autocast():
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            train += torch.tensor(
+                [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
+            )
+        self.scheduler.step()
+        self.model.eval()
+        val = torch.zeros(2, dtype=torch.float64)  # correct, count
+        with torch.no_grad():
+            for x, y in self.loaders.val:
+                x, y = self._inputs(x, y)
+                with self.runtime.autocast():
+                    logits = self.model(x)
+                val += torch.tensor([(logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+        train, val = sum_across_workers(train), sum_across_workers(val)
+        return {
+            "train/loss": (train[0] / train[2]).item(),
+            "train/acc": (train[1] / train[2]).item(),
+            "val/acc": (val[0] / val[1]).item(),
+            "lr": lr,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
