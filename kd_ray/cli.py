@@ -1,0 +1,108 @@
+"""The ``kd-ray`` command line (SPEC §4).
+
+User errors (config, data, checkpoints, results directory) print one line and exit 2, with no
+traceback; a sweep in which some trials failed exits 1 after writing everything that finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from kd_ray.errors import KdRayError
+
+EXIT_USER_ERROR = 2
+EXIT_TRIALS_FAILED = 1
+
+
+def _print_plan(cfg, plan) -> None:
+    datasets = ", ".join(d.key for d in cfg.datasets)
+    print(f"sweep {cfg.name!r} on {datasets}: teacher {cfg.teacher.arch}, student {cfg.student.arch}")
+    print(f"\nteachers ({len(plan.teachers)}), each trained once:")
+    for t in plan.teachers:
+        print(f"  {t.name:<4} {t.teacher_id}")
+    print(f"\nstudent trials ({len(plan.trials)}):")
+    for t in plan.trials:
+        print(f"  {t.trial_id}")
+    print(f"\n{len(plan.teachers)} teachers, {len(plan.trials)} student trials")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from kd_ray.config import load_config
+    from kd_ray.plan import plan_sweep
+
+    cfg = load_config(args.config)
+    plan = plan_sweep(cfg)
+    if args.dry_run:
+        _print_plan(cfg, plan)
+        return 0
+    from kd_ray.orchestration.sweep import run_sweep
+
+    results = args.results or cfg.results
+    outcome = run_sweep(cfg, results, resume=args.resume, verbose=0 if args.quiet else 1)
+    print(
+        f"kd-ray: sweep {cfg.name!r}: {outcome.ok} trial(s) ok, {outcome.failed} failed"
+        f" ({outcome.skipped} already finished); teachers trained {outcome.teachers_trained},"
+        f" reused {outcome.teachers_reused}; results in {outcome.sweep_uri}"
+    )
+    if not args.no_report and "://" not in outcome.sweep_uri:
+        from kd_ray.report import write_report
+
+        print(f"kd-ray: report: {write_report(outcome.sweep_uri)}")
+    if outcome.failed:
+        print(
+            f"kd-ray: {outcome.failed} trial(s) failed; their reasons are in the `error` column of "
+            f"{outcome.sweep_uri}/trials.parquet",
+            file=sys.stderr,
+        )
+        return EXIT_TRIALS_FAILED
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kd_ray.report import write_report
+
+    print(f"kd-ray: report: {write_report(args.results_dir, args.output)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kd-ray", description="Ensemble knowledge-distillation sweeps on Ray."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser("sweep", help="run (or plan) a sweep from a YAML config")
+    sweep.add_argument("config", help="sweep config, e.g. experiments/demo.yaml")
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="print the teachers and student trials; start nothing"
+    )
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    sweep.add_argument("--results", help="results directory or URI (default: the config's `results`)")
+    sweep.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="hide Ray Tune's progress table")
+    sweep.set_defaults(func=_sweep)
+    report = sub.add_parser("report", help="write the interactive HTML report of a sweep")
+    report.add_argument("results_dir", help="a sweep's results directory, RESULTS/NAME")
+    report.add_argument("-o", "--output", help="output HTML file (default: RESULTS/NAME/report.html)")
+    report.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="kd-ray: %(message)s")
+    logging.getLogger("kd_ray").setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except KdRayError as err:
+        print(f"kd-ray: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("kd-ray: interrupted; finished trials are saved, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The driver-side results collector: Tune results → SPEC §3 Parquet tables.
+
+A ``ray.tune.Callback`` runs in the driver process, so only the driver writes results (never
+every rank). Each report rewrites that trial's ``epochs`` file atomically; when a trial ends its
+``trials`` row and final-epoch ``calibration`` bins are written. Rows are keyed, so a trial that
+resumes and re-reports an epoch replaces rows rather than adding them; a trial seen for the first
+time in this driver (after a resume) starts from the rows already on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+
+from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY, short_error
+from kd_ray.plan import StudentTrial
+from kd_ray.results.rows import calibration_rows, epoch_rows, trial_row
+from kd_ray.results.store import ResultTables
+from kd_ray.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _TrialState:
+    trial: StudentTrial
+    started: float = field(default_factory=time.monotonic)
+    epochs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    last: dict[str, Any] | None = None
+    status: str | None = None
+    error: str | None = None
+
+
+def _student_trial(config: dict[str, Any]) -> StudentTrial:
+    t = config["trial"]
+    return StudentTrial(**{**t, "teacher_ids": tuple(t["teacher_ids"])})
+
+
+class ResultsCollector(ray.tune.Callback):
+    """Writes every student trial's epochs, final row and calibration as they arrive."""
+
+    def __init__(self, sweep_uri: str, *, teacher_arch: str, student_arch: str, ece_bins: int) -> None:
+        self.sweep_uri = sweep_uri
+        self.teacher_arch = teacher_arch
+        self.student_arch = student_arch
+        self.ece_bins = ece_bins
+        self._states: dict[str, _TrialState] = {}
+        self._tables: ResultTables | None = None
+
+    @property
+    def tables(self) -> ResultTables:
+        if self._tables is None:
+            self._tables = ResultTables(Storage.open(self.sweep_uri))
+        return self._tables
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into its experiment state; the live state stays behind.
+        return {**self.__dict__, "_states": {}, "_tables": None}
+
+    def _state(self, trial: Any) -> _TrialState:
+        spec = _student_trial(trial.config)
+        state = self._states.get(spec.trial_id)
+        if state is None:
+            state = _TrialState(spec)
+            previous = self.tables.read_owner("epochs", spec.trial_id)
+            for row in previous.to_dict("records"):
+                state.epochs[(int(row["epoch"]), row["split"])] = row
+            self._states[spec.trial_id] = state
+        return state
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._state(trial).started = time.monotonic()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        state = self._state(trial)
+        if STATUS_KEY in result:
+            state.status, state.error = result[STATUS_KEY], result.get(ERROR_KEY) or None
+            return
+        if "epoch" not in result:
+            return
+        for row in epoch_rows(state.trial.trial_id, result):
+            state.epochs[(row["epoch"], row["split"])] = row
+        if state.last is None or int(result["epoch"]) >= int(state.last["epoch"]):
+            state.last = dict(result)
+        self.tables.write("epochs", state.trial.trial_id, sorted(state.epochs.values(), key=_epoch_order))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        state = self._state(trial)
+        state.status = "failed"
+        state.error = _trial_error(trial)
+        self._finish(trial)
+
+    def _finish(self, trial: Any) -> None:
+        state = self._state(trial)
+        status = state.status or "failed"
+        if status == "ok" and state.last is None:
+            status, state.error = "failed", "the trial reported no epoch"
+        trial_id = state.trial.trial_id
+        last = state.last
+        if last is None and state.epochs:  # resumed after its last epoch: rebuild from disk rows
+            last = _report_from_rows(state.epochs)
+        self.tables.write(
+            "trials",
+            trial_id,
+            [
+                trial_row(
+                    state.trial,
+                    teacher_arch=self.teacher_arch,
+                    student_arch=self.student_arch,
+                    report=last,
+                    status=status,
+                    error=state.error,
+                    wall_s=time.monotonic() - state.started,
+                )
+            ],
+        )
+        if state.last is not None:
+            self.tables.write("calibration", trial_id, calibration_rows(trial_id, state.last, self.ece_bins))
+        log.info("trial %s: %s%s", trial_id, status, f" ({state.error})" if state.error else "")
+        self._states.pop(trial_id, None)
+
+
+def _epoch_order(row: dict[str, Any]) -> tuple[int, str]:
+    return int(row["epoch"]), str(row["split"])
+
+
+def _report_from_rows(rows: dict[tuple[int, str], dict[str, Any]]) -> dict[str, Any]:
+    epoch = max(e for e, _ in rows)
+    report: dict[str, Any] = {"epoch": epoch}
+    for (e, split), row in rows.items():
+        if e == epoch:
+            report.update(
+                {f"{split}/{k}": v for k, v in row.items() if k not in ("trial_id", "epoch", "split")}
+            )
+    return report
+
+
+def _trial_error(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        return short_error(Path(path).read_text())
+    return "the trial failed without an error message"

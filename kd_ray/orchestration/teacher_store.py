@@ -1,0 +1,56 @@
+"""Where trained teachers live: ``{results}/_teachers/``, shared by the sweeps of one results dir.
+
+A teacher is stored as ``<teacher_id>.pt`` (weights, loaded with ``weights_only=True``) and
+``<teacher_id>.json`` (its metrics), written in that order: the JSON is the commit marker, so a
+teacher whose training was interrupted is never mistaken for a trained one. Because ids are
+content hashes, a later sweep with an identical teacher reuses it instead of training it again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from torch import nn
+
+from kd_ray.errors import CheckpointError
+from kd_ray.plan import TeacherSpec
+from kd_ray.storage import Storage
+from kd_ray.train.checkpoint import load_teacher_weights, teacher_bytes
+
+
+class TeacherStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @classmethod
+    def under(cls, results_root: Storage) -> TeacherStore:
+        return cls(results_root.child("_teachers"))
+
+    def weights_path(self, teacher_id: str) -> str:
+        return self.storage.path(f"{teacher_id}.pt")
+
+    def has(self, teacher_id: str) -> bool:
+        return self.storage.exists(f"{teacher_id}.json")
+
+    def info(self, teacher_id: str) -> dict[str, Any]:
+        return json.loads(self.storage.read_bytes(f"{teacher_id}.json"))
+
+    def save(self, model: nn.Module, spec: TeacherSpec, *, num_classes: int, info: dict[str, Any]) -> None:
+        data = teacher_bytes(model, teacher_id=spec.teacher_id, arch=spec.arch, num_classes=num_classes)
+        self.storage.write_bytes(f"{spec.teacher_id}.pt", data)
+        self.storage.write_bytes(f"{spec.teacher_id}.json", json.dumps(info, sort_keys=True).encode())
+
+    def load_into(self, model: nn.Module, spec: TeacherSpec) -> nn.Module:
+        """Load the trained weights of ``spec`` into ``model`` (frozen by the caller)."""
+        path = self.weights_path(spec.teacher_id)
+        if not self.storage.exists(f"{spec.teacher_id}.pt"):
+            raise CheckpointError(f"{path}: teacher checkpoint not found; it was not trained or was removed")
+        load_teacher_weights(
+            model,
+            self.storage.read_bytes(f"{spec.teacher_id}.pt"),
+            teacher_id=spec.teacher_id,
+            arch=spec.arch,
+            source=path,
+        )
+        return model

@@ -1,0 +1,121 @@
+"""Turning a worker's flat per-epoch report into rows of the SPEC §3 tables (pure functions)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from kd_ray.metrics.functional import affinity
+from kd_ray.metrics.names import SPLIT_METRICS, SPLITS, TRIAL_SUMMARY_SOURCE, all_teacher_metrics, report_key
+from kd_ray.plan import StudentTrial, TeacherSpec
+
+_METRICS = SPLIT_METRICS + all_teacher_metrics()
+NAN = float("nan")
+
+
+def _value(report: Mapping[str, Any], key: str) -> float:
+    v = report.get(key)
+    return NAN if v is None else float(v)
+
+
+def epoch_rows(trial_id: str, report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One ``epochs`` row per split of one epoch's report."""
+    common = {
+        "trial_id": trial_id,
+        "epoch": int(report["epoch"]),
+        "seconds": report.get("seconds"),
+        "lr": report.get("lr"),
+    }
+    return [
+        {**common, "split": split, **{m: _value(report, report_key(split, m)) for m in _METRICS}}
+        for split in SPLITS
+    ]
+
+
+def calibration_rows(trial_id: str, report: Mapping[str, Any], n_bins: int) -> list[dict[str, Any]]:
+    """The reliability-diagram bins of the report's epoch, bin m covering (m/M, (m+1)/M]."""
+    rows = []
+    for split in SPLITS:
+        for b in range(n_bins):
+            key = f"calibration/{split}/{b}"
+            if f"{key}/count" not in report:
+                continue
+            rows.append(
+                {
+                    "trial_id": trial_id,
+                    "split": split,
+                    "bin": b,
+                    "lower": b / n_bins,
+                    "upper": (b + 1) / n_bins,
+                    "count": int(round(report[f"{key}/count"])),
+                    "acc": report[f"{key}/acc"],
+                    "conf": report[f"{key}/conf"],
+                }
+            )
+    return rows
+
+
+def trial_row(
+    trial: StudentTrial,
+    *,
+    teacher_arch: str,
+    student_arch: str,
+    report: Mapping[str, Any] | None,
+    status: str,
+    error: str | None,
+    wall_s: float | None,
+) -> dict[str, Any]:
+    """The ``trials`` row of a finished (or failed) trial from its final-epoch report."""
+    report = report or {}
+    row: dict[str, Any] = {
+        "trial_id": trial.trial_id,
+        "dataset": trial.dataset,
+        "n_teachers": trial.n_teachers,
+        "perm": trial.perm,
+        "teacher_augs": trial.teacher_augs,
+        "student_aug": trial.student_aug,
+        "loss": trial.loss,
+        "view": trial.view,
+        "seed": trial.seed,
+        "teacher_arch": teacher_arch,
+        "student_arch": student_arch,
+        "teacher_ids": ",".join(trial.teacher_ids),
+        "status": status,
+        "error": error or None,
+        "epochs": int(report.get("epoch", 0)),
+        "wall_s": wall_s,
+    }
+    for split in SPLITS:
+        for m in _METRICS:
+            row[f"{split}_{m}"] = _value(report, report_key(split, m))
+    for column, (split, metric) in TRIAL_SUMMARY_SOURCE.items():
+        row[column] = _value(report, report_key(split, metric))
+    row["gap"] = row["train_acc"] - row["val_acc"]
+    val, val_aug = row["val_acc"], row["val_aug_acc"]
+    row["affinity"] = affinity(val_aug, val) if val > 0 and not math.isnan(val_aug) else NAN
+    return row
+
+
+def teacher_row(
+    spec: TeacherSpec, *, info: Mapping[str, Any] | None, status: str, error: str | None, checkpoint: str
+) -> dict[str, Any]:
+    """The ``teachers`` row of one distinct teacher."""
+    info = info or {}
+    return {
+        "teacher_id": spec.teacher_id,
+        "name": spec.name,
+        "dataset": spec.dataset,
+        "arch": spec.arch,
+        "slot": spec.slot,
+        "aug": spec.aug,
+        "seed": spec.seed,
+        "pretrained": spec.pretrained,
+        "status": status,
+        "error": error or None,
+        "epochs": info.get("epochs"),
+        "train_acc": info.get("train_acc"),
+        "val_acc": info.get("val_acc"),
+        "wall_s": info.get("wall_s"),
+        "checkpoint": checkpoint,
+    }
