@@ -1,0 +1,89 @@
+"""Sweep config validation: every bad-config class is one line naming the field, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kd_ray.config import dump_config, load_config, parse_config
+from kd_ray.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL = {"name": "t", "datasets": [{"name": "digits"}]}
+
+
+def test_defaults_follow_the_paper_appendix_a() -> None:
+    cfg = parse_config(MINIMAL)
+    assert cfg.distill.temperature == 10.0 and cfg.distill.alpha == 0.2
+    for train in (cfg.teacher.train, cfg.student.train):
+        assert (train.lr, train.momentum, train.batch_size) == (0.1, 0.9, 128)
+        assert train.schedule.kind == "step" and train.schedule.warmup_epochs == 1
+    assert cfg.grid.teacher_counts == (1, 2, 3) and cfg.grid.losses == ("kd", "zscore_kd")
+
+
+def test_config_is_frozen_and_round_trips_through_yaml(tmp_path: Path) -> None:
+    cfg = load_config(REPO / "experiments" / "demo.yaml")
+    with pytest.raises(Exception):
+        cfg.name = "other"  # type: ignore[misc]
+    path = tmp_path / "again.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"grid": {"teacher_counts": [4]}}, "grid.teacher_counts.0"),
+        ({"grid": {"teacher_counts": []}}, "grid.teacher_counts"),
+        ({"student": {"train": {"epochs": "many"}}}, "student.train.epochs"),
+        ({"distill": {"alpha": 1.5}}, "distill.alpha"),
+        ({"datasets": [{"name": "digits", "imbalanse": 10}]}, "datasets.0.imbalanse"),
+        ({"resources": {"num_workers": 3}}, "student.train.batch_size"),
+    ],
+)
+def test_schema_errors_name_the_field(patch: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, **patch})
+    message = str(err.value)
+    assert field in message and "\n" not in message
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kd_ray.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
+BAD_CONFIGS = {
+    "malformed_yaml": ("name: x\ndatasets: [\n", "malformed YAML"),
+    "unknown_key": ("name: x\ndatasets: [{name: digits}]\nteachers: 2\n", "teachers: unknown key"),
+    "wrong_type": ("name: x\ndatasets: [{name: digits}]\nstudent: {train: {lr: fast}}\n", "student.train.lr"),
+    "teacher_count": ("name: x\ndatasets: [{name: digits}]\ngrid: {teacher_counts: [1, 4]}\n", "grid.teacher_counts"),
+    "unknown_dataset": ("name: x\ndatasets: [{name: mnist}]\n", "datasets.0.name: unknown dataset 'mnist'"),
+    "unknown_augmentation": (
+        "name: x\ndatasets: [{name: digits}]\ngrid: {teacher_counts: [2], permutations: [T1x_T2w_Sw]}\n",
+        "grid.permutations",
+    ),
+    "unknown_loss": ("name: x\ndatasets: [{name: digits}]\ngrid: {losses: [kd, dkd]}\n", "grid.losses: unknown loss 'dkd'"),
+    "unknown_view": ("name: x\ndatasets: [{name: digits}]\ngrid: {views: [full, half]}\n", "grid.views: unknown view 'half'"),
+    "unknown_model": ("name: x\ndatasets: [{name: digits}]\nteacher: {arch: resnet9000}\n", "teacher.arch: unknown model"),
+    "missing_file": (None, "config file not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_cli_bad_config_is_one_line_and_exit_2(case: str, tmp_path: Path) -> None:
+    text, expected = BAD_CONFIGS[case]
+    path = tmp_path / f"{case}.yaml"
+    if text is not None:
+        path.write_text(text)
+    proc = _run_cli("sweep", str(path), "--dry-run")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and expected in lines[0], lines[0]
+    assert lines[0].startswith("kd-ray: error: ")
