@@ -47,10 +47,10 @@ def _sweep(args: argparse.Namespace) -> int:
         f" ({outcome.skipped} already finished); teachers trained {outcome.teachers_trained},"
         f" reused {outcome.teachers_reused}; results in {outcome.sweep_uri}"
     )
-    if not args.no_report and "://" not in outcome.sweep_uri:
+    if not args.no_report and outcome.local_dir is not None:
         from kd_ray.report import write_report
 
-        print(f"kd-ray: report: {write_report(outcome.sweep_uri)}")
+        print(f"kd-ray: report: {write_report(outcome.local_dir)}")
     if outcome.failed:
         print(
             f"kd-ray: {outcome.failed} trial(s) failed; their reasons are in the `error` column of "

@@ -144,7 +144,13 @@ def _report_from_rows(rows: dict[tuple[int, str], dict[str, Any]]) -> dict[str, 
 
 
 def _trial_error(trial: Any) -> str:
+    """The one-line reason of a trial in ERROR, from the error text Tune saved for it."""
+    text = None
+    try:
+        text = trial.get_error()  # reads through the storage filesystem (works for URIs)
+    except Exception:  # an unreadable error file must not stop the collector
+        log.debug("no error text from storage for %s", trial, exc_info=True)
     path = getattr(trial, "error_file", None)
-    if path and Path(path).exists():
-        return short_error(Path(path).read_text())
-    return "the trial failed without an error message"
+    if not text and path and Path(path).exists():
+        text = Path(path).read_text()
+    return short_error(str(text)) if text else "the trial failed without an error message"

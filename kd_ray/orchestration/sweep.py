@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from kd_ray.config import SweepConfig, dump_config
 from kd_ray.errors import ResultsError
+from kd_ray.orchestration.preflight import check_datasets, check_teachers, require_trained
+from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.plan import StudentTrial, SweepPlan, plan_sweep
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
@@ -30,6 +33,7 @@ _RESUMABLE_CHANGES = ("resources", "runtime", "failure", "results")
 @dataclass(frozen=True)
 class SweepOutcome:
     sweep_uri: str
+    local_dir: str | None  # the sweep directory as a local path, when it is on this machine
     ok: int
     failed: int
     skipped: int
@@ -46,6 +50,9 @@ def _comparable(cfg_yaml: str) -> dict[str, Any]:
 
 def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[Storage, Storage]:
     """Check and create the results directory; returns (results root, sweep directory).
+
+    The sweep's ``config.yaml`` is written later, by :func:`run_sweep`, once every input check
+    has passed: a sweep stopped by a user error can be started again without ``--resume``.
 
     Raises:
         ResultsError: not writable; a sweep of this name exists and ``resume`` is off; or
@@ -68,26 +75,44 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
                 f"{sweep.uri}/config.yaml: the config changed since this sweep started "
                 f"(only {', '.join(_RESUMABLE_CHANGES)} may change on --resume)"
             )
-    sweep.write_bytes("config.yaml", config_yaml.encode())
     return root, sweep
 
 
-def _init_ray(cfg: SweepConfig) -> None:
-    import ray
+def _loopback_only() -> None:
+    """Make a local cluster listen on 127.0.0.1 only.
 
+    ``ray.init(_node_ip_address="127.0.0.1")`` is not enough: Ray resolves a loopback address
+    to the machine's routable IP, and GCS and raylet then listen on all interfaces. Ray's
+    single-machine mode (meant for Windows/macOS) uses the loopback IP for every service; it is
+    read from the environment at ``import ray``, and child processes inherit it.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if "ray" in sys.modules:  # imported earlier in this process (tests, notebooks)
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+
+
+def _init_ray(cfg: SweepConfig) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a private one."""
     env = {
         # Train's controller polls workers at this interval; its 2 s default throttles small runs.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.resources.report_interval_s),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     os.environ.update(env)
+    if not os.environ.get("RAY_ADDRESS"):
+        _loopback_only()
+    import ray
+
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
     else:
-        # A local cluster for this process only; the dashboard is not needed for a local sweep.
-        ray.init(include_dashboard=False, runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1")
+        # "local": always a new cluster private to this process, never one found on the machine;
+        # no dashboard or job server, so nothing listens for clients.
+        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env})
 
 
 def _experiment_name(sweep: Storage, stage: str) -> str:
@@ -131,13 +156,13 @@ def _tune(
 def _train_teachers(
     cfg, plan: SweepPlan, root: Storage, sweep: Storage, base: dict, verbose: int
 ) -> tuple[int, int]:
-    from kd_ray.orchestration.teacher_store import TeacherStore
-    from kd_ray.orchestration.trials import teacher_trial
-
     store = TeacherStore.under(root)
     missing = [t for t in plan.teachers if not store.has(t.teacher_id)]
     reused = len(plan.teachers) - len(missing)
     if missing:
+        _init_ray(cfg)
+        from kd_ray.orchestration.trials import teacher_trial
+
         log.info("training %d teacher(s); %d found already trained", len(missing), reused)
         items = [t.__dict__ for t in missing]
         _tune(
@@ -171,43 +196,58 @@ def _train_teachers(
     return len(missing), reused
 
 
+def _finished_trials(tables: ResultTables) -> set[str]:
+    done = tables.read("trials")
+    return set(done.loc[done["status"] == "ok", "trial_id"])
+
+
+def _record_missing_teacher(
+    cfg: SweepConfig, tables: ResultTables, trial: StudentTrial, teacher_id: str
+) -> None:
+    row = trial_row(
+        trial,
+        teacher_arch=cfg.teacher.arch,
+        student_arch=cfg.student.arch,
+        report=None,
+        status="failed",
+        error=f"teacher {teacher_id} failed to train",
+        wall_s=0.0,
+    )
+    tables.write("trials", trial.trial_id, [row])
+
+
 def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: int = 1) -> SweepOutcome:
-    """Run (or continue) the sweep ``cfg`` with results under ``results/cfg.name``."""
+    """Run (or continue) the sweep ``cfg`` with results under ``results/cfg.name``.
+
+    Inputs are checked on the driver before Ray starts (data first, before anything is
+    written; then the stored teachers the remaining trials need), so a user error costs seconds
+    and leaves the results of earlier runs as they were.
+    """
     plan = plan_sweep(cfg)
+    check_datasets(cfg)
     root, sweep = prepare_results(cfg, results, resume=resume)
     tables = ResultTables(sweep)
-    finished = set()
-    if resume:
-        done = tables.read("trials")
-        finished = set(done.loc[done["status"] == "ok", "trial_id"])
+    finished = _finished_trials(tables) if resume else set()
     todo = [t for t in plan.trials if t.trial_id not in finished]
+    store = TeacherStore.under(root)
+    check_teachers(store, plan, todo)
+    sweep.write_bytes("config.yaml", dump_config(cfg).encode())
 
-    _init_ray(cfg)
-    from kd_ray.orchestration.collector import ResultsCollector
-    from kd_ray.orchestration.teacher_store import TeacherStore
-    from kd_ray.orchestration.trials import student_trial
-
-    base = {"sweep": cfg.model_dump(mode="json"), "teacher_store": TeacherStore.under(root).storage.uri}
+    base = {"sweep": cfg.model_dump(mode="json"), "teacher_store": store.storage.uri}
     trained, reused = _train_teachers(cfg, plan, root, sweep, base, verbose)
 
-    store = TeacherStore.under(root)
     runnable: list[StudentTrial] = []
     for trial in todo:
-        missing = [tid for tid in trial.teacher_ids if not store.has(tid)]
+        missing = require_trained(store, trial)
         if missing:
-            row = trial_row(
-                trial,
-                teacher_arch=cfg.teacher.arch,
-                student_arch=cfg.student.arch,
-                report=None,
-                status="failed",
-                error=f"teacher {missing[0]} failed to train",
-                wall_s=0.0,
-            )
-            tables.write("trials", trial.trial_id, [row])
+            _record_missing_teacher(cfg, tables, trial, missing)
         else:
             runnable.append(trial)
     if runnable:
+        _init_ray(cfg)
+        from kd_ray.orchestration.collector import ResultsCollector
+        from kd_ray.orchestration.trials import student_trial
+
         collector = ResultsCollector(
             sweep.uri,
             teacher_arch=cfg.teacher.arch,
@@ -229,4 +269,12 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
     final = tables.read("trials")
     final = final[final["trial_id"].isin([t.trial_id for t in plan.trials])]
     ok = int((final["status"] == "ok").sum())
-    return SweepOutcome(sweep.uri, ok, len(plan.trials) - ok, len(finished), trained, reused)
+    return SweepOutcome(
+        sweep.uri,
+        sweep.root if sweep.is_local else None,
+        ok,
+        len(plan.trials) - ok,
+        len(finished),
+        trained,
+        reused,
+    )

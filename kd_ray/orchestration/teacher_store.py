@@ -16,7 +16,7 @@ from torch import nn
 from kd_ray.errors import CheckpointError
 from kd_ray.plan import TeacherSpec
 from kd_ray.storage import Storage
-from kd_ray.train.checkpoint import load_teacher_weights, teacher_bytes
+from kd_ray.train.checkpoint import TEACHER_FORMAT, from_bytes, load_teacher_weights, teacher_bytes
 
 
 class TeacherStore:
@@ -40,6 +40,30 @@ class TeacherStore:
         data = teacher_bytes(model, teacher_id=spec.teacher_id, arch=spec.arch, num_classes=num_classes)
         self.storage.write_bytes(f"{spec.teacher_id}.pt", data)
         self.storage.write_bytes(f"{spec.teacher_id}.json", json.dumps(info, sort_keys=True).encode())
+
+    def check(self, spec: TeacherSpec) -> None:
+        """Check, without building a model, that the stored file is the teacher ``spec``.
+
+        Raises:
+            CheckpointError: the weights file is missing, unreadable, not a kd_ray teacher, or
+                holds another teacher.
+        """
+        path = self.weights_path(spec.teacher_id)
+        if not self.storage.exists(f"{spec.teacher_id}.pt"):
+            raise CheckpointError(f"{path}: teacher checkpoint not found; it was not trained or was removed")
+        try:
+            obj = from_bytes(self.storage.read_bytes(f"{spec.teacher_id}.pt"), path)
+        except CheckpointError:
+            raise
+        except Exception as err:  # torch's weights-only unpickler raises more than from_bytes expects
+            raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+        if obj.get("format") != TEACHER_FORMAT:
+            raise CheckpointError(f"{path}: not a kd_ray teacher checkpoint (format {obj.get('format')!r})")
+        if obj.get("teacher_id") != spec.teacher_id or obj.get("arch") != spec.arch:
+            raise CheckpointError(
+                f"{path}: holds teacher {obj.get('teacher_id')!r} ({obj.get('arch')}), "
+                f"expected {spec.teacher_id!r} ({spec.arch}); delete it to retrain that teacher"
+            )
 
     def load_into(self, model: nn.Module, spec: TeacherSpec) -> nn.Module:
         """Load the trained weights of ``spec`` into ``model`` (frozen by the caller)."""

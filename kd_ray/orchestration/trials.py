@@ -23,6 +23,11 @@ from kd_ray.orchestration.workers import student_worker, teacher_worker
 STATUS_KEY = "kd_status"
 ERROR_KEY = "kd_error"
 
+
+class TrialError(RuntimeError):
+    """A trial's Train run failed after its worker restarts (the reason is the message)."""
+
+
 _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Diverged)): (.+)$")
 
 
@@ -59,8 +64,11 @@ def _fit(worker, name: str, loop_config: dict[str, Any], num_workers: int) -> di
     )
     try:
         result = trainer.fit()
-    except Exception as err:  # the trial failed; the sweep goes on and records why
-        return {STATUS_KEY: "failed", ERROR_KEY: short_error(err)}
+    except Exception as err:
+        # Raised, not returned: Tune then re-runs the trial up to failure.trial_max_failures
+        # times (the same Train run name resumes from its checkpoint), and after that the
+        # collector records it as failed with this one-line reason.
+        raise TrialError(short_error(err)) from None
     outcome = result.return_value or {"status": "failed", "error": "the training loop returned nothing"}
     return {STATUS_KEY: outcome["status"], ERROR_KEY: outcome.get("error") or ""}
 

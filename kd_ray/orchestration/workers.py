@@ -48,7 +48,7 @@ def _wrap(model: torch.nn.Module) -> torch.nn.Module:
     return ray.train.torch.prepare_model(model, move_to_device=False)
 
 
-def _restore(run: Any) -> tuple[int, dict[str, Any] | None]:
+def _restore(run: Any, label: str) -> tuple[int, dict[str, Any] | None]:
     """Load the latest checkpoint into ``run``: (first epoch to train, last report or None)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -60,6 +60,9 @@ def _restore(run: Any) -> tuple[int, dict[str, Any] | None]:
     if state.get("format") != STATE_FORMAT:
         raise RuntimeError(f"{path}: not a kd_ray training state")
     run.load_state_dict(state["run"])
+    if ray.train.get_context().get_world_rank() == 0:
+        # Said once per restart, so a resumed or recovered trial is visible in the driver's log.
+        log.info("%s: resuming from its epoch %d checkpoint", label, int(state["epoch"]))
     return int(state["epoch"]) + 1, dict(state["report"])
 
 
@@ -108,7 +111,7 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
     run = DistillationRun(
         cfg, trial, datasets, teachers, runtime, rank=rank, world_size=world_size, wrap=_wrap
     )
-    start, last = _restore(run)
+    start, last = _restore(run, trial.trial_id)
     if last is not None:
         ray.train.report(last, checkpoint=None)
     for epoch in range(start, cfg.student.train.epochs + 1):
@@ -129,7 +132,7 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
     dcfg = dataset_config(cfg, spec.dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
     run = TeacherRun(cfg, spec, datasets, runtime, rank=rank, world_size=world_size, wrap=_wrap)
-    start, last = _restore(run)
+    start, last = _restore(run, f"teacher {spec.teacher_id}")
     report = last or {}
     for epoch in range(start, cfg.teacher.train.epochs + 1):
         report = run.run_epoch(epoch)
