@@ -1,0 +1,207 @@
+"""Shared pieces of the cluster, resume and fault tests: a tiny sweep, the CLI as a subprocess,
+and process-tree clean-up that touches only the Ray processes a test started.
+
+Every Ray cluster a test starts lives under its own temporary directory (``RAY_TMPDIR``), so its
+processes can be found by that path and stopped by pid; ``ray stop`` would stop every Ray
+cluster on the machine, including ones this test did not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+# 2 teachers (T1w, T1s), 4 student trials of 4 epochs: a few seconds of training per trial.
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "datasets": [{"name": "synthetic", "num_train": 64, "num_val": 32}],
+    "teacher": {"arch": "cnn_tiny", "train": {"epochs": 1, "batch_size": 32, "lr": 0.05}},
+    "student": {"arch": "cnn_tiny", "train": {"epochs": 4, "batch_size": 32, "lr": 0.05}},
+    "grid": {"teacher_counts": [1], "losses": ["kd"], "views": ["full"], "seeds": [0]},
+    "resources": {"num_workers": 1, "cpus_per_worker": 0.95, "report_interval_s": 0.2},
+}
+
+# Columns that vary from run to run by nature (wall-clock time), not by what was computed.
+TIMING_COLUMNS = {"wall_s", "seconds"}
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_config(directory: Path, override: dict[str, Any] | None = None) -> Path:
+    path = Path(directory) / "sweep.yaml"
+    path.write_text(yaml.safe_dump(merged(TINY, override or {}), sort_keys=False))
+    return path
+
+
+def ray_tmpdir() -> str:
+    """A short private directory for one Ray cluster (unix socket paths must stay short)."""
+    return tempfile.mkdtemp(prefix="kdr", dir="/tmp")
+
+
+def cli_env(ray_tmp: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def kd_ray_cmd(*args: str) -> list[str]:
+    return [PYTHON, "-m", "kd_ray.cli", *args]
+
+
+def run_cli(
+    *args: str, timeout: float = 540, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``kd-ray`` to completion in its own Ray temp dir, then make sure its cluster is gone."""
+    ray_tmp = ray_tmpdir()
+    try:
+        return subprocess.run(
+            kd_ray_cmd(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            env=env or cli_env(ray_tmp),
+        )
+    finally:
+        kill_processes_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def start_cli(*args: str, log: Path, ray_tmp: str) -> subprocess.Popen:
+    """Start ``kd-ray`` in a new session (process group) so the test can kill its whole tree."""
+    out = open(log, "w")  # noqa: SIM115 - closed when the process is reaped by the test
+    return subprocess.Popen(
+        kd_ray_cmd(*args),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=cli_env(ray_tmp),
+        start_new_session=True,
+    )
+
+
+def processes_under(marker: str) -> list[psutil.Process]:
+    """Processes whose command line names ``marker`` (a cluster's temp dir), with descendants."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if marker in cmdline and proc.pid != os.getpid():
+            found[proc.pid] = proc
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found.update({c.pid: c for c in proc.children(recursive=True)})
+    return list(found.values())
+
+
+def kill_processes_under(marker: str, extra: list[psutil.Process] = ()) -> None:
+    """SIGKILL the processes of one cluster (found by ``marker``) plus ``extra``; wait for them."""
+    procs = {p.pid: p for p in [*processes_under(marker), *extra]}
+    for proc in procs.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(list(procs.values()), timeout=20)
+
+
+def kill_tree(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL a CLI started with :func:`start_cli`: its process group, then its Ray cluster."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    kill_processes_under(ray_tmp, family)
+
+
+def assert_no_processes_under(marker: str) -> None:
+    alive = [p for p in processes_under(marker) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"stale Ray processes: {[(p.pid, p.name()) for p in alive]}"
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep exited (rc {proc.returncode}) before {what}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def table(sweep_dir: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(Path(sweep_dir) / f"{name}.parquet")
+
+
+def owner_files(sweep_dir: Path, name: str) -> dict[str, bytes]:
+    folder = Path(sweep_dir) / f"{name}.parquet"
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.parquet"))}
+
+
+def assert_same_results(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> None:
+    """Two result tables are equal on every column but timings (floats to 1e-9, NaN == NaN)."""
+    a = a.sort_values(keys).reset_index(drop=True)
+    b = b.sort_values(keys).reset_index(drop=True)
+    assert list(a[keys].itertuples(index=False)) == list(b[keys].itertuples(index=False))
+    for column in a.columns:
+        if column in TIMING_COLUMNS:
+            continue
+        if pd.api.types.is_float_dtype(a[column]):
+            np.testing.assert_allclose(
+                a[column].to_numpy(), b[column].to_numpy(), rtol=0, atol=1e-9, equal_nan=True, err_msg=column
+            )
+        else:
+            assert a[column].tolist() == b[column].tolist(), column
+
+
+def copy_teachers(src_root: Path, dst_root: Path) -> None:
+    """Seed a results directory with already trained teachers (found again by content hash)."""
+    dst = Path(dst_root) / "_teachers"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in (Path(src_root) / "_teachers").glob("*.*"):
+        if f.is_file():
+            shutil.copy2(f, dst / f.name)
+
+
+@functools.cache
+def uninterrupted_run() -> Path:
+    """The tiny sweep run once, start to finish, per test process: the reference results root."""
+    root = Path(tempfile.mkdtemp(prefix="kd_ref_"))
+    config = write_config(root)
+    done = run_cli("sweep", str(config), "--results", str(root / "results"), "--no-report", "-q")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return root / "results"
+
+
+def user_error_line(stderr: str) -> str:
+    """The CLI's one-line user error; asserts there is exactly one line and no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith("kd-ray: error: "), stderr
+    return lines[0]

@@ -1,0 +1,95 @@
+"""Faults inside a running sweep: a killed Ray Train worker, and a diverging trial.
+
+A worker killed mid-trial must cost a restart, not the trial: Ray Train restarts the worker
+group (``failure.worker_max_failures``) or Tune re-runs the trial (``failure.trial_max_failures``),
+and either way the trial continues from its last epoch checkpoint and ends with the metrics of
+an undisturbed run. A diverging trial is stopped and recorded with its reason; the sweep exits 1.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+from _sweep_helpers import (
+    assert_same_results,
+    copy_teachers,
+    kill_tree,
+    processes_under,
+    ray_tmpdir,
+    run_cli,
+    start_cli,
+    table,
+    uninterrupted_run,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+TRIAL = "synthetic-T1w_Sw-kd-full-s0"
+
+
+def _train_workers(ray_tmp: str) -> list:
+    return [p for p in processes_under(ray_tmp) if "RayTrainWorker" in " ".join(p.cmdline())]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param({"worker_max_failures": 1, "trial_max_failures": 0}, id="train-restarts-workers"),
+        pytest.param({"worker_max_failures": 0, "trial_max_failures": 1}, id="tune-reruns-trial"),
+    ],
+)
+def test_killed_worker_recovers_from_its_checkpoint(tmp_path, failure):
+    reference = uninterrupted_run()
+    results = tmp_path / "results"
+    copy_teachers(reference, results)  # teachers found by content hash: only the student runs
+    config = write_config(tmp_path, {"grid": {"permutations": ["T1w_Sw"]}, "failure": failure})
+    epochs_file = results / "tiny" / "epochs.parquet" / f"{TRIAL}.parquet"
+    ray_tmp = ray_tmpdir()
+    log = tmp_path / "sweep.log"
+    proc = start_cli(
+        "sweep", str(config), "--results", str(results), "--no-report", "-q", log=log, ray_tmp=ray_tmp
+    )
+    try:
+        # The first epoch was reported, so its checkpoint is registered: kill one worker now.
+        wait_for(epochs_file.exists, timeout=300, what="the first epoch report", proc=proc)
+        workers = _train_workers(ray_tmp)
+        assert workers, "no RayTrainWorker process found"
+        workers[0].kill()
+        assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+    finally:
+        kill_tree(proc, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    output = log.read_text()
+    assert f"{TRIAL}: resuming from its epoch" in output, output[-4000:]
+    trials, epochs = table(results / "tiny", "trials"), table(results / "tiny", "epochs")
+    assert trials["status"].tolist() == ["ok"]
+    assert len(epochs) == 4 * 3 and not epochs.duplicated(["trial_id", "epoch", "split"]).any()
+    ref_trials = table(reference / "tiny", "trials")
+    ref_epochs = table(reference / "tiny", "epochs")
+    assert_same_results(trials, ref_trials[ref_trials["trial_id"] == TRIAL], ["trial_id"])
+    assert_same_results(epochs, ref_epochs[ref_epochs["trial_id"] == TRIAL], ["trial_id", "epoch", "split"])
+
+
+def test_diverging_trials_are_recorded_and_the_sweep_exits_1(tmp_path):
+    # The student's lr diverges; the teacher trains with its own, sane lr.
+    config = write_config(
+        tmp_path,
+        {"grid": {"permutations": ["T1w_Sw", "T1w_Ss"]}, "student": {"train": {"lr": 1.0e6}}},
+    )
+    results = tmp_path / "results"
+    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q")
+    assert done.returncode == 1, (done.stdout + done.stderr)[-4000:]
+    assert "2 trial(s) failed" in done.stderr
+    assert "0 trial(s) ok, 2 failed" in done.stdout
+    assert "Traceback" not in done.stdout
+    trials = table(results / "tiny", "trials")
+    assert sorted(trials["status"]) == ["failed", "failed"]
+    assert trials["error"].str.contains("diverged at epoch 1").all(), trials["error"].tolist()
+    teachers = table(results / "tiny", "teachers")
+    assert teachers["status"].tolist() == ["ok"]
+    assert math.isfinite(teachers["val_acc"].iloc[0])
