@@ -34,7 +34,7 @@ class TeacherSpec:
     slot: int
     aug: str
     seed: int
-    pretrained: bool
+    pretrained: bool | str  # or a torchvision weights name
 
 
 @dataclass(frozen=True)

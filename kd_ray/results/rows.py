@@ -110,7 +110,7 @@ def teacher_row(
         "slot": spec.slot,
         "aug": spec.aug,
         "seed": spec.seed,
-        "pretrained": spec.pretrained,
+        "pretrained": bool(spec.pretrained),
         "status": status,
         "error": error or None,
         "epochs": info.get("epochs"),
