@@ -124,6 +124,29 @@ def _experiment_name(sweep: Storage, stage: str) -> str:
     return f"{stage}-{n}"
 
 
+# The Tune function itself only waits on its TorchTrainer: a sliver of CPU is enough.
+_TRIAL_FN_CPU = 0.01
+
+
+def _max_concurrent(cfg: SweepConfig, workers: int) -> int:
+    """How many trials to run at once: the config's limit, else as many as the cluster fits.
+
+    Tune places a trial by its function's resources only, which are a sliver; the Train
+    workers are placed later. Unbounded, Tune would start every trial of the grid at once, each
+    with a Train controller (~0.5 GB) waiting for workers, so bound it by the workers' needs.
+    """
+    if cfg.resources.max_concurrent_trials:
+        return cfg.resources.max_concurrent_trials
+    import ray
+
+    total = ray.cluster_resources()
+    res = cfg.resources
+    fits = [total.get("CPU", 0.0) / (workers * res.cpus_per_worker + _TRIAL_FN_CPU)]
+    if res.gpus_per_worker:
+        fits.append(total.get("GPU", 0.0) / (workers * res.gpus_per_worker))
+    return max(1, int(min(fits) + 1e-9))
+
+
 def _tune(
     cfg: SweepConfig,
     sweep: Storage,
@@ -136,12 +159,12 @@ def _tune(
 ) -> None:
     from ray import tune
 
-    # The Tune function itself only waits on its TorchTrainer: a sliver of CPU is enough.
-    fn = tune.with_resources(trainable, {"cpu": 0.01})
+    workers = cfg.resources.teacher_workers if stage == "teacher" else cfg.resources.num_workers
+    fn = tune.with_resources(trainable, {"cpu": _TRIAL_FN_CPU})
     tuner = tune.Tuner(
         fn,
         param_space={**base, stage: tune.grid_search(items)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent_trials),
+        tune_config=tune.TuneConfig(max_concurrent_trials=_max_concurrent(cfg, workers)),
         run_config=tune.RunConfig(
             name=_experiment_name(sweep, stage + "s"),
             storage_path=sweep.child("_ray").uri,
