@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from plotly.offline import get_plotlyjs
 
 from kd_ray import analysis as A
 from kd_ray.errors import ResultsError
+from kd_ray.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -219,12 +218,8 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path
     target = Path(out) if out is not None else root / "report.html"
     if not target.parent.is_dir():
         raise ResultsError(f"cannot write {target}: directory {target.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise ResultsError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    logger.info("wrote %s", target)
+    # Storage writes atomically (temporary file + rename) with the user's umask, so the report
+    # is readable like any other output file.
+    Storage.open(target.parent).write_bytes(target.name, page.encode("utf-8"))
+    logger.debug("wrote %s", target)
     return target
