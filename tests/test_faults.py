@@ -89,7 +89,7 @@ def test_diverging_trials_are_recorded_and_the_sweep_exits_1(tmp_path):
     assert "Traceback" not in done.stdout
     trials = table(results / "tiny", "trials")
     assert sorted(trials["status"]) == ["failed", "failed"]
-    assert trials["error"].str.contains("diverged at epoch 1").all(), trials["error"].tolist()
+    assert trials["error"].str.contains("diverged at epoch").all(), trials["error"].tolist()
     teachers = table(results / "tiny", "teachers")
     assert teachers["status"].tolist() == ["ok"]
     assert math.isfinite(teachers["val_acc"].iloc[0])

@@ -72,9 +72,15 @@ def cluster(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def _job(env: dict, address: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def _job(
+    env: dict, address: str, command: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [RAY, "job", *args, "--address", address], env=env, capture_output=True, text=True, timeout=timeout
+        [RAY, "job", command, "--address", address, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -96,18 +102,30 @@ def test_sweep_via_ray_job_submit(tmp_path, cluster):
     config = write_config(tmp_path, {"grid": {"permutations": ["T1w_Sw"]}})
     results = tmp_path / "results"
     job_id = f"kd-ray-{uuid.uuid4().hex[:8]}"
-    entrypoint = f"{PYTHON} -m kd_ray.cli sweep {config} --results {results} --no-report -q"
-    submitted = _job(env, address, "submit", "--no-wait", "--submission-id", job_id, "--", entrypoint)
+    entrypoint = [
+        PYTHON,
+        "-m",
+        "kd_ray.cli",
+        "sweep",
+        str(config),
+        "--results",
+        str(results),
+        "--no-report",
+        "-q",
+    ]
+    submitted = _job(env, address, "submit", "--no-wait", "--submission-id", job_id, "--", *entrypoint)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
     deadline, status = time.monotonic() + 400, ""
     while time.monotonic() < deadline:
-        status = _job(env, address, "status", job_id).stdout
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        polled = _job(env, address, "status", job_id)
+        status = (polled.stdout + polled.stderr).lower()  # "Job '<id>' succeeded"
+        if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
             break
-        time.sleep(2)
-    logs = _job(env, address, "logs", job_id).stdout
-    assert "SUCCEEDED" in status, status + logs[-4000:]
+        time.sleep(3)
+    fetched = _job(env, address, "logs", job_id)
+    logs = fetched.stdout + fetched.stderr
+    assert "' succeeded" in status, status + logs[-4000:]
     assert "1 trial(s) ok, 0 failed" in logs
 
     trials = pd.read_parquet(results / "tiny" / "trials.parquet")
