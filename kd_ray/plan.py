@@ -17,6 +17,10 @@ from kd_ray.errors import ConfigError
 
 AUGS: tuple[str, ...] = ("w", "s")
 
+# Where and how the data is fetched, not what it is: moving a dataset directory must neither
+# retrain teachers nor count as a changed config on --resume.
+DATA_LOCATION_FIELDS: frozenset[str] = frozenset({"root", "download", "verify_checksums"})
+
 
 @dataclass(frozen=True)
 class TeacherSpec:
@@ -93,7 +97,7 @@ def _digest(payload: dict) -> str:
 def teacher_spec(cfg: SweepConfig, dataset: DatasetConfig, slot: int, aug: str, seed: int) -> TeacherSpec:
     """The teacher in ``slot`` with augmentation ``aug`` for ``dataset`` and ``seed``."""
     content = {
-        "dataset": dataset.model_dump(exclude={"label"}),
+        "dataset": dataset.model_dump(exclude=DATA_LOCATION_FIELDS | {"label"}),
         "teacher": cfg.teacher.model_dump(),
         "slot": slot,
         "aug": aug,

@@ -18,7 +18,7 @@ from kd_ray.config import SweepConfig, dump_config
 from kd_ray.errors import ResultsError
 from kd_ray.orchestration.preflight import check_datasets, check_teachers, require_trained
 from kd_ray.orchestration.teacher_store import TeacherStore
-from kd_ray.plan import StudentTrial, SweepPlan, plan_sweep
+from kd_ray.plan import DATA_LOCATION_FIELDS, StudentTrial, SweepPlan, plan_sweep
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
@@ -45,7 +45,11 @@ def _comparable(cfg_yaml: str) -> dict[str, Any]:
     import yaml
 
     data = yaml.safe_load(cfg_yaml) or {}
-    return {k: v for k, v in data.items() if k not in _RESUMABLE_CHANGES}
+    kept = {k: v for k, v in data.items() if k not in _RESUMABLE_CHANGES}
+    kept["datasets"] = [
+        {k: v for k, v in d.items() if k not in DATA_LOCATION_FIELDS} for d in kept.get("datasets", [])
+    ]
+    return kept
 
 
 def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[Storage, Storage]:
@@ -73,7 +77,7 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
         if _comparable(saved) != _comparable(config_yaml):
             raise ResultsError(
                 f"{sweep.uri}/config.yaml: the config changed since this sweep started "
-                f"(only {', '.join(_RESUMABLE_CHANGES)} may change on --resume)"
+                f"(only {', '.join(_RESUMABLE_CHANGES)} and data locations may change on --resume)"
             )
     return root, sweep
 
