@@ -41,15 +41,19 @@ def main() -> int:
     args = parser.parse_args()
     results = args.keep or tempfile.mkdtemp(prefix="kd_ray_bench_")
     cmd = [sys.executable, "-m", "kd_ray.cli", "sweep", args.config, "--results", results, "--quiet"]
+    log_path = Path(results) / "benchmark.log"
+    Path(results).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watcher = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss(watcher))
-        time.sleep(0.2)
+    # The sweep's output goes to a file: an unread pipe would fill up and block the sweep.
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+        watcher = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(watcher))
+            time.sleep(0.2)
     wall = time.perf_counter() - start
-    output = proc.stdout.read() if proc.stdout else ""
+    output = log_path.read_text()
     summary = [line for line in output.splitlines() if line.startswith("kd-ray:")]
     print("\n".join(summary))
     print(f"cpu cores        {os.cpu_count()}")

@@ -146,7 +146,14 @@ class ResourcesConfig(_Strict):
     teacher_workers: PositiveInt = 1
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
-    max_concurrent_trials: PositiveInt | None = None
+    max_concurrent_trials: PositiveInt | None = Field(
+        None, description="default: as many runs as the cluster fits"
+    )
+    trials_per_run: PositiveInt | None = Field(
+        None,
+        description="student trials sharing a data stream trained by one Ray Train run (each batch "
+        "augmented once, each teacher run once); default: all of them; 1: one run per trial",
+    )
     report_interval_s: PositiveFloat = Field(
         0.2, description="Ray Train controller poll interval (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)"
     )

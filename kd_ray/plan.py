@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kd_ray.config import DatasetConfig, SweepConfig
@@ -58,6 +59,38 @@ class StudentTrial:
     @property
     def n_teachers(self) -> int:
         return len(self.teacher_ids)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StudentTrial:
+        """Rebuild a trial from its ``__dict__`` (as it travels through Ray configs)."""
+        return cls(**{**data, "teacher_ids": tuple(data["teacher_ids"])})
+
+
+def stream_key(trial: StudentTrial) -> tuple[str, str, str, int]:
+    """What decides a student trial's data stream and initial weights (SPEC §1)."""
+    return (trial.dataset, trial.student_aug, trial.view, trial.seed)
+
+
+def stream_groups(
+    trials: Sequence[StudentTrial], max_size: int | None = None
+) -> list[tuple[StudentTrial, ...]]:
+    """Trials that share a data stream, in plan order, in chunks of at most ``max_size``.
+
+    Such trials see identical batches, so one run can augment each batch once and run each
+    teacher once for all of them (the orchestrator trains a group per Ray Train run).
+    """
+    groups: dict[tuple, list[StudentTrial]] = {}
+    for trial in trials:
+        groups.setdefault(stream_key(trial), []).append(trial)
+    size = max_size or max((len(g) for g in groups.values()), default=1)
+    return [tuple(g[i : i + size]) for g in groups.values() for i in range(0, len(g), size)]
+
+
+def group_id(group: Sequence[StudentTrial]) -> str:
+    """A stable name for a group of trials (its Ray Train run name): stream plus member hash."""
+    dataset, aug, view, seed = stream_key(group[0])
+    members = hashlib.sha256("\n".join(sorted(t.trial_id for t in group)).encode()).hexdigest()[:8]
+    return f"{dataset}-S{aug}-{view}-s{seed}-{len(group)}x-{members}"
 
 
 @dataclass(frozen=True)

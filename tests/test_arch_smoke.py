@@ -77,19 +77,21 @@ def test_one_distillation_step(
     datasets = DATASETS.get("synthetic")(cfg.datasets[0])
     side = size or datasets.native_size
     torch.manual_seed(0)
-    teachers = [
-        create_model(teacher, num_classes=NUM_CLASSES, in_channels=datasets.channels, image_size=side)
-        for _ in range(trial.n_teachers)
-    ]
-    run = DistillationRun(cfg, trial, datasets, teachers, Runtime(torch.device("cpu")))
+    teachers = {
+        tid: create_model(teacher, num_classes=NUM_CLASSES, in_channels=datasets.channels, image_size=side)
+        for tid in trial.teacher_ids
+    }
+    run = DistillationRun(cfg, [trial], datasets, teachers, Runtime(torch.device("cpu")))
     assert len(run.loaders.train) == 1, "one epoch must be exactly one optimiser step"
-    head_before = _head(run.student)
+    (student,) = run.students
+    head_before = _head(student.model)
 
-    report, calibration = run.run_epoch(1)
+    result = run.run_epoch(1)
+    report, calibration = result.reports[trial.trial_id], result.calibration[trial.trial_id]
 
     assert math.isfinite(report["train/loss"])
-    assert all(not torch.equal(a, b) for a, b in zip(_head(run.student), head_before, strict=True))
-    for t in run.teachers:  # frozen: no parameter asks for or received a gradient
+    assert all(not torch.equal(a, b) for a, b in zip(_head(student.model), head_before, strict=True))
+    for t in run.teachers.values():  # frozen: no parameter asks for or received a gradient
         assert not t.training and all(not p.requires_grad and p.grad is None for p in t.parameters())
     for split in ("train", "val", "val_aug"):
         for metric in ("acc", "acc_t1", "acc_t2", "agreement", "ece", "iou_teachers", "iou_student"):

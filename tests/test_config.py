@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from kd_ray.config import dump_config, load_config, parse_config
 from kd_ray.errors import ConfigError
@@ -26,7 +27,7 @@ def test_defaults_follow_the_paper_appendix_a() -> None:
 
 def test_config_is_frozen_and_round_trips_through_yaml(tmp_path: Path) -> None:
     cfg = load_config(REPO / "experiments" / "demo.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.name = "other"  # type: ignore[misc]
     path = tmp_path / "again.yaml"
     path.write_text(dump_config(cfg))
@@ -62,15 +63,27 @@ BAD_CONFIGS = {
     "malformed_yaml": ("name: x\ndatasets: [\n", "malformed YAML"),
     "unknown_key": ("name: x\ndatasets: [{name: digits}]\nteachers: 2\n", "teachers: unknown key"),
     "wrong_type": ("name: x\ndatasets: [{name: digits}]\nstudent: {train: {lr: fast}}\n", "student.train.lr"),
-    "teacher_count": ("name: x\ndatasets: [{name: digits}]\ngrid: {teacher_counts: [1, 4]}\n", "grid.teacher_counts"),
+    "teacher_count": (
+        "name: x\ndatasets: [{name: digits}]\ngrid: {teacher_counts: [1, 4]}\n",
+        "grid.teacher_counts",
+    ),
     "unknown_dataset": ("name: x\ndatasets: [{name: mnist}]\n", "datasets.0.name: unknown dataset 'mnist'"),
     "unknown_augmentation": (
         "name: x\ndatasets: [{name: digits}]\ngrid: {teacher_counts: [2], permutations: [T1x_T2w_Sw]}\n",
         "grid.permutations",
     ),
-    "unknown_loss": ("name: x\ndatasets: [{name: digits}]\ngrid: {losses: [kd, dkd]}\n", "grid.losses: unknown loss 'dkd'"),
-    "unknown_view": ("name: x\ndatasets: [{name: digits}]\ngrid: {views: [full, half]}\n", "grid.views: unknown view 'half'"),
-    "unknown_model": ("name: x\ndatasets: [{name: digits}]\nteacher: {arch: resnet9000}\n", "teacher.arch: unknown model"),
+    "unknown_loss": (
+        "name: x\ndatasets: [{name: digits}]\ngrid: {losses: [kd, dkd]}\n",
+        "grid.losses: unknown loss 'dkd'",
+    ),
+    "unknown_view": (
+        "name: x\ndatasets: [{name: digits}]\ngrid: {views: [full, half]}\n",
+        "grid.views: unknown view 'half'",
+    ),
+    "unknown_model": (
+        "name: x\ndatasets: [{name: digits}]\nteacher: {arch: resnet9000}\n",
+        "teacher.arch: unknown model",
+    ),
     "missing_file": (None, "config file not found"),
 }
 

@@ -56,7 +56,9 @@ def test_teachers_are_shared_and_distinct_per_slot() -> None:
 def test_teacher_ids_change_with_what_changes_the_teacher() -> None:
     base = parse_config({"name": "a", "datasets": [{"name": "digits"}]})
     renamed = parse_config({"name": "b", "datasets": [{"name": "digits"}], "resources": {"num_workers": 2}})
-    other_lr = parse_config({"name": "a", "datasets": [{"name": "digits"}], "teacher": {"train": {"lr": 0.01}}})
+    other_lr = parse_config(
+        {"name": "a", "datasets": [{"name": "digits"}], "teacher": {"train": {"lr": 0.01}}}
+    )
     ids = lambda c: {t.teacher_id for t in plan_sweep(c).teachers}  # noqa: E731
     assert ids(base) == ids(renamed)  # sweep name and resources do not change a teacher
     assert ids(base).isdisjoint(ids(other_lr))

@@ -45,7 +45,18 @@ def test_trials_table_has_16_ok_rows_with_the_spec_columns(demo_run) -> None:
         f"T1{a}_T2{b}_S{c}" for a in "ws" for b in "ws" for c in "ws"
     )
     assert set(trials["loss"]) == {"kd", "zscore_kd"} and (trials["n_teachers"] == 2).all()
-    for column in ("val_acc", "train_acc", "agreement", "kl", "mi", "entropy", "ece", "iou_teachers", "iou_student", "affinity"):
+    for column in (
+        "val_acc",
+        "train_acc",
+        "agreement",
+        "kl",
+        "mi",
+        "entropy",
+        "ece",
+        "iou_teachers",
+        "iou_student",
+        "affinity",
+    ):
         assert trials[column].notna().all(), column
     assert (trials["gap"] - (trials["train_acc"] - trials["val_acc"])).abs().max() < 1e-12
     assert ((trials["affinity"] - trials["val_aug_acc"] / trials["val_acc"]).abs() < 1e-12).all()
@@ -82,7 +93,7 @@ def test_calibration_bins_cover_each_split(demo_run) -> None:
 def test_report_is_written_and_self_contained(demo_run) -> None:
     sweep, _ = demo_run
     html = (sweep / "report.html").read_text()
-    assert "<script src=\"http" not in html and "cdn.plot.ly" not in html
+    assert '<script src="http' not in html and "cdn.plot.ly" not in html
     assert "C1" in html and "T1s_T2w_Ss" in html
 
 

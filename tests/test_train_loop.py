@@ -13,7 +13,7 @@ from kd_ray.errors import CheckpointError
 from kd_ray.models import create_model
 from kd_ray.plan import plan_sweep
 from kd_ray.train.checkpoint import load_teacher_weights, teacher_bytes
-from kd_ray.train.distill import Diverged, DistillationRun
+from kd_ray.train.distill import DistillationRun
 from kd_ray.train.optim import lr_factor
 from kd_ray.train.runtime import Runtime
 from kd_ray.train.teacher import TeacherRun
@@ -41,11 +41,11 @@ def setup():
     return cfg, plan, datasets, teachers
 
 
-def _run(setup, trial_index: int, epochs: int = 2):
+def _run(setup, trial_indices: list[int], epochs: int = 2):
     cfg, plan, datasets, teachers = setup
-    trial = plan.trials[trial_index]
-    run = DistillationRun(cfg, trial, datasets, [teachers[t] for t in trial.teacher_ids], CPU)
-    return run, [run.run_epoch(e)[0] for e in range(1, epochs + 1)]
+    trials = [plan.trials[i] for i in trial_indices]
+    run = DistillationRun(cfg, trials, datasets, teachers, CPU)
+    return run, [run.run_epoch(e) for e in range(1, epochs + 1)]
 
 
 def _metrics(report: dict) -> dict:
@@ -53,44 +53,59 @@ def _metrics(report: dict) -> dict:
 
 
 def test_same_trial_and_seed_give_identical_metrics(setup) -> None:
-    _, first = _run(setup, 0)
-    _, second = _run(setup, 0)
-    assert [_metrics(r) for r in first] == [_metrics(r) for r in second]
-    assert 0.0 <= first[-1]["val/acc"] <= 1.0 and math.isfinite(first[-1]["train/loss"])
+    _, first = _run(setup, [0])
+    _, second = _run(setup, [0])
+    tid = setup[1].trials[0].trial_id
+    assert [_metrics(r.reports[tid]) for r in first] == [_metrics(r.reports[tid]) for r in second]
+    assert 0.0 <= first[-1].reports[tid]["val/acc"] <= 1.0 and math.isfinite(
+        first[-1].reports[tid]["train/loss"]
+    )
 
 
-def test_trials_differing_only_in_loss_see_the_same_stream(setup) -> None:
+def test_a_trial_trained_in_a_stream_group_equals_the_trial_alone(setup) -> None:
     cfg, plan, *_ = setup
     kd, zs = plan.trials[0], plan.trials[1]
     assert (kd.perm, kd.loss, zs.perm, zs.loss) == (kd.perm, "kd", kd.perm, "zscore_kd")
-    run_kd, _ = _run(setup, 0, epochs=0)
-    run_zs, _ = _run(setup, 1, epochs=0)
-    for a, b in zip(run_kd.student.state_dict().values(), run_zs.student.state_dict().values(), strict=True):
-        assert torch.equal(a, b)  # same initial weights
-    run_kd.loaders.set_epoch(1)
-    run_zs.loaders.set_epoch(1)
-    for (xa, ya), (xb, yb) in zip(run_kd.loaders.train, run_zs.loaders.train, strict=True):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # The other permutations with the same student augmentation share the stream too.
+    mates = [i for i, t in enumerate(plan.trials) if t.student_aug == kd.student_aug]
+    assert len(mates) == 8
+    _, alone = _run(setup, [1])
+    _, grouped = _run(setup, mates)
+    for a, b in zip(alone, grouped, strict=True):
+        assert _metrics(a.reports[zs.trial_id]) == _metrics(b.reports[zs.trial_id])
+
+
+def test_trials_differing_only_in_loss_see_the_same_stream(setup) -> None:
+    run, _ = _run(setup, [0, 1], epochs=0)
+    a, b = run.students
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y)  # same initial weights
+    with pytest.raises(ValueError, match="one data stream"):
+        cfg, plan, datasets, teachers = setup
+        other = next(t for t in plan.trials if t.student_aug != plan.trials[0].student_aug)
+        DistillationRun(cfg, [plan.trials[0], other], datasets, teachers, CPU)
 
 
 def test_checkpoint_round_trip_continues_identically(setup) -> None:
-    _, uninterrupted = _run(setup, 2, epochs=2)
-    first, _ = _run(setup, 2, epochs=1)
+    tid = setup[1].trials[2].trial_id
+    _, uninterrupted = _run(setup, [2], epochs=2)
+    first, _ = _run(setup, [2], epochs=1)
     state = first.state_dict()
     cfg, plan, datasets, teachers = setup
-    trial = plan.trials[2]
-    resumed = DistillationRun(cfg, trial, datasets, [teachers[t] for t in trial.teacher_ids], CPU)
+    resumed = DistillationRun(cfg, [plan.trials[2]], datasets, teachers, CPU)
     resumed.load_state_dict(state)
-    assert _metrics(resumed.run_epoch(2)[0]) == _metrics(uninterrupted[1])
+    assert _metrics(resumed.run_epoch(2).reports[tid]) == _metrics(uninterrupted[1].reports[tid])
 
 
-def test_divergence_is_detected_on_the_epoch_loss(setup) -> None:
+def test_a_diverging_student_stops_and_the_others_go_on(setup) -> None:
     cfg, plan, datasets, teachers = setup
-    hot = parse_config({**CFG, "student": {"arch": "cnn_tiny", "train": {"epochs": 1, "batch_size": 16, "lr": 1e12}}})
-    trial = plan.trials[0]
-    run = DistillationRun(hot, trial, datasets, [teachers[t] for t in trial.teacher_ids], CPU)
-    with pytest.raises(Diverged):
-        run.run_epoch(1)
+    hot = parse_config(
+        {**CFG, "student": {"arch": "cnn_tiny", "train": {"epochs": 1, "batch_size": 16, "lr": 1e12}}}
+    )
+    run = DistillationRun(hot, [plan.trials[0]], datasets, teachers, CPU)
+    result = run.run_epoch(1)
+    assert "diverged at epoch 1" in result.diverged[plan.trials[0].trial_id]
+    assert not run.active and not result.reports
 
 
 def test_teacher_checkpoint_refuses_another_teacher(setup) -> None:

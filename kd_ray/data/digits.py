@@ -12,8 +12,6 @@ import logging
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from kd_ray.config import DatasetConfig
 from kd_ray.data.base import DATASETS, ImageDatasets, TensorImageSource
@@ -35,6 +33,9 @@ STD = (0.3759,)
 
 def _all_digits() -> tuple[torch.Tensor, np.ndarray]:
     """Every image as uint8 ``(N, 1, 8, 8)`` in 0..255, and the labels."""
+    # scikit-learn costs a second of imports; only processes that build digits pay it.
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     # The source has 17 grey levels (0..16); map them onto the full uint8 range so the
     # augmentations (AutoAugment's posterize, solarize, ...) see ordinary 8-bit images.
@@ -43,6 +44,8 @@ def _all_digits() -> tuple[torch.Tensor, np.ndarray]:
 
 
 def _split(cfg: DatasetConfig) -> tuple[TensorImageSource, TensorImageSource]:
+    from sklearn.model_selection import train_test_split
+
     images, labels = _all_digits()
     train_idx, val_idx = train_test_split(
         np.arange(len(labels)),

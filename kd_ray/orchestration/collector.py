@@ -1,7 +1,9 @@
 """The driver-side results collector: Tune results → SPEC §3 Parquet tables.
 
 A ``ray.tune.Callback`` runs in the driver process, so only the driver writes results (never
-every rank). Each report rewrites that trial's ``epochs`` file atomically; when a trial ends its
+every rank). A Tune trial trains a stream group of student trials; its reports carry each
+student's values under ``{trial_id}::`` keys, which the collector splits back into per-trial
+rows. Each report rewrites each student's ``epochs`` file atomically; when a student ends its
 ``trials`` row and final-epoch ``calibration`` bins are written. Rows are keyed, so a trial that
 resumes and re-reports an epoch replaces rows rather than adding them; a trial seen for the first
 time in this driver (after a resume) starts from the rows already on disk.
@@ -19,7 +21,7 @@ import ray.tune
 
 from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY, short_error
 from kd_ray.plan import StudentTrial
-from kd_ray.results.rows import calibration_rows, epoch_rows, trial_row
+from kd_ray.results.rows import calibration_rows, epoch_rows, trial_report, trial_row
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
 
@@ -36,9 +38,8 @@ class _TrialState:
     error: str | None = None
 
 
-def _student_trial(config: dict[str, Any]) -> StudentTrial:
-    t = config["trial"]
-    return StudentTrial(**{**t, "teacher_ids": tuple(t["teacher_ids"])})
+def _members(trial: Any) -> list[StudentTrial]:
+    return [StudentTrial.from_dict(d) for d in trial.config["group"]["trials"]]
 
 
 class ResultsCollector(ray.tune.Callback):
@@ -62,46 +63,51 @@ class ResultsCollector(ray.tune.Callback):
         # Tune pickles callbacks into its experiment state; the live state stays behind.
         return {**self.__dict__, "_states": {}, "_tables": None}
 
-    def _state(self, trial: Any) -> _TrialState:
-        spec = _student_trial(trial.config)
-        state = self._states.get(spec.trial_id)
-        if state is None:
-            state = _TrialState(spec)
-            previous = self.tables.read_owner("epochs", spec.trial_id)
-            for row in previous.to_dict("records"):
-                state.epochs[(int(row["epoch"]), row["split"])] = row
-            self._states[spec.trial_id] = state
-        return state
+    def _states_of(self, trial: Any) -> list[_TrialState]:
+        """The states of a Tune trial's students, loading rows a previous driver wrote."""
+        states = []
+        for spec in _members(trial):
+            state = self._states.get(spec.trial_id)
+            if state is None:
+                state = _TrialState(spec)
+                previous = self.tables.read_owner("epochs", spec.trial_id)
+                for row in previous.to_dict("records"):
+                    state.epochs[(int(row["epoch"]), row["split"])] = row
+                self._states[spec.trial_id] = state
+            states.append(state)
+        return states
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._state(trial).started = time.monotonic()
+        for state in self._states_of(trial):
+            state.started = time.monotonic()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        state = self._state(trial)
-        if STATUS_KEY in result:
-            state.status, state.error = result[STATUS_KEY], result.get(ERROR_KEY) or None
-            return
-        if "epoch" not in result:
-            return
-        for row in epoch_rows(state.trial.trial_id, result):
-            state.epochs[(row["epoch"], row["split"])] = row
-        if state.last is None or int(result["epoch"]) >= int(state.last["epoch"]):
-            state.last = dict(result)
-        self.tables.write("epochs", state.trial.trial_id, sorted(state.epochs.values(), key=_epoch_order))
+        for state in self._states_of(trial):
+            own = trial_report(result, state.trial.trial_id)
+            if STATUS_KEY in own:
+                state.status, state.error = own[STATUS_KEY], own.get(ERROR_KEY) or None
+                continue
+            if "epoch" not in own:  # not in this report: it stopped earlier (diverged)
+                continue
+            for row in epoch_rows(state.trial.trial_id, own):
+                state.epochs[(row["epoch"], row["split"])] = row
+            if state.last is None or int(own["epoch"]) >= int(state.last["epoch"]):
+                state.last = own
+            self.tables.write("epochs", state.trial.trial_id, sorted(state.epochs.values(), key=_epoch_order))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial)
+        for state in self._states_of(trial):
+            self._finish(state)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        state = self._state(trial)
-        state.status = "failed"
-        state.error = _trial_error(trial)
-        self._finish(trial)
+        error = _trial_error(trial)
+        for state in self._states_of(trial):
+            state.status, state.error = "failed", error
+            self._finish(state)
 
-    def _finish(self, trial: Any) -> None:
-        state = self._state(trial)
+    def _finish(self, state: _TrialState) -> None:
         status = state.status or "failed"
-        if status == "ok" and state.last is None:
+        if status == "ok" and state.last is None and not state.epochs:
             status, state.error = "failed", "the trial reported no epoch"
         trial_id = state.trial.trial_id
         last = state.last

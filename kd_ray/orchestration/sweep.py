@@ -18,7 +18,7 @@ from kd_ray.config import SweepConfig, dump_config
 from kd_ray.errors import ResultsError
 from kd_ray.orchestration.preflight import check_datasets, check_teachers, require_trained
 from kd_ray.orchestration.teacher_store import TeacherStore
-from kd_ray.plan import DATA_LOCATION_FIELDS, StudentTrial, SweepPlan, plan_sweep
+from kd_ray.plan import DATA_LOCATION_FIELDS, StudentTrial, SweepPlan, group_id, plan_sweep, stream_groups
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
@@ -103,6 +103,9 @@ def _init_ray(cfg: SweepConfig) -> None:
         # Train's controller polls workers at this interval; its 2 s default throttles small runs.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.resources.report_interval_s),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # The collector writes the results; Tune's CSV/JSON/TensorBoard copies of every report
+        # (hundreds of keys per stream group) would only cost driver time and disk.
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     }
     os.environ.update(env)
     if not os.environ.get("RAY_ADDRESS"):
@@ -281,11 +284,13 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
             student_arch=cfg.student.arch,
             ece_bins=cfg.metrics.ece_bins,
         )
-        items = [t.__dict__ for t in runnable]
+        groups = stream_groups(runnable, cfg.resources.trials_per_run)
+        items = [{"group_id": group_id(g), "trials": [t.__dict__ for t in g]} for g in groups]
+        log.info("%d student trial(s) in %d run(s) that share data streams", len(runnable), len(groups))
         _tune(
             cfg,
             sweep,
-            "trial",
+            "group",
             student_trial,
             items,
             {**base, "ray_storage": sweep.child("_ray").uri},

@@ -1,4 +1,5 @@
-"""Tune function trainables: each drives one Ray Train run (a teacher or a student trial).
+"""Tune function trainables: each drives one Ray Train run (a teacher, or a stream group of
+student trials that share their data stream).
 
 Ray 2.60 (Train V2) cannot take a Trainer inside a Tuner; the supported form is a Tune
 function that builds a ``TorchTrainer`` and fits it. The Train run is named after the teacher or
@@ -19,6 +20,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from kd_ray.config import parse_config
 from kd_ray.orchestration.workers import student_worker, teacher_worker
+from kd_ray.results.rows import TRIAL_SEP
 
 STATUS_KEY = "kd_status"
 ERROR_KEY = "kd_error"
@@ -69,22 +71,29 @@ def _fit(worker, name: str, loop_config: dict[str, Any], num_workers: int) -> di
         # times (the same Train run name resumes from its checkpoint), and after that the
         # collector records it as failed with this one-line reason.
         raise TrialError(short_error(err)) from None
-    outcome = result.return_value or {"status": "failed", "error": "the training loop returned nothing"}
-    return {STATUS_KEY: outcome["status"], ERROR_KEY: outcome.get("error") or ""}
+    return result.return_value or {}
 
 
 def student_trial(config: dict[str, Any]) -> None:
-    """Tune function of one student trial."""
-    trial = config["trial"]
+    """Tune function of one stream group of student trials."""
+    group = config["group"]
     cfg = parse_config(config["sweep"])
-    final = _fit(student_worker, trial["trial_id"], config, cfg.resources.num_workers)
+    outcome = _fit(student_worker, group["group_id"], config, cfg.resources.num_workers)
+    status, errors = outcome.get("status", {}), outcome.get("error", {})
+    final = {}
+    for trial in group["trials"]:
+        tid = trial["trial_id"]
+        final[f"{tid}{TRIAL_SEP}{STATUS_KEY}"] = status.get(tid, "failed")
+        final[f"{tid}{TRIAL_SEP}{ERROR_KEY}"] = errors.get(tid) or (
+            "" if tid in status else "the run returned no status"
+        )
     ray.tune.report(final)
 
 
 def teacher_trial(config: dict[str, Any]) -> None:
     """Tune function that trains one teacher."""
     cfg = parse_config(config["sweep"])
-    final = _fit(
+    outcome = _fit(
         teacher_worker, f"teacher-{config['teacher']['teacher_id']}", config, cfg.resources.teacher_workers
     )
-    ray.tune.report(final)
+    ray.tune.report({STATUS_KEY: outcome.get("status", "failed"), ERROR_KEY: outcome.get("error") or ""})

@@ -20,15 +20,16 @@ import ray.train.torch
 import torch
 
 from kd_ray.config import SweepConfig, parse_config
-from kd_ray.data import DATASETS
-from kd_ray.models import create_model
 from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.plan import StudentTrial, TeacherSpec, plan_sweep
+from kd_ray.results.rows import TRIAL_SEP
 from kd_ray.storage import Storage
 from kd_ray.train.checkpoint import STATE_FORMAT, from_bytes, to_bytes
-from kd_ray.train.distill import DistillationRun, Diverged
 from kd_ray.train.runtime import Runtime
-from kd_ray.train.teacher import TeacherRun, dataset_config
+
+# Data, models and the training loops (torchvision, scikit-learn: seconds of imports) are
+# imported inside the worker functions: this module is also imported by every trial's Tune
+# function and Train controller, which only need to refer to the functions.
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _wrap(model: torch.nn.Module) -> torch.nn.Module:
     return ray.train.torch.prepare_model(model, move_to_device=False)
 
 
-def _restore(run: Any, label: str) -> tuple[int, dict[str, Any] | None]:
+def _restore(run: Any, labels: list[str]) -> tuple[int, dict[str, Any] | None]:
     """Load the latest checkpoint into ``run``: (first epoch to train, last report or None)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -62,7 +63,8 @@ def _restore(run: Any, label: str) -> tuple[int, dict[str, Any] | None]:
     run.load_state_dict(state["run"])
     if ray.train.get_context().get_world_rank() == 0:
         # Said once per restart, so a resumed or recovered trial is visible in the driver's log.
-        log.info("%s: resuming from its epoch %d checkpoint", label, int(state["epoch"]))
+        for label in labels:
+            log.info("%s: resuming from its epoch %d checkpoint", label, int(state["epoch"]))
     return int(state["epoch"]) + 1, dict(state["report"])
 
 
@@ -89,50 +91,73 @@ def calibration_keys(calibration: dict[str, list[dict]]) -> dict[str, float]:
     }
 
 
+def _prefixed(trial_id: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{trial_id}{TRIAL_SEP}{k}": v for k, v in values.items()}
+
+
 def student_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Train loop of one student trial on one Ray Train worker."""
+    """Train loop of one stream group of student trials on one Ray Train worker.
+
+    Every epoch is one report whose keys are ``{trial_id}::{split}/{metric}`` for each student
+    still training; the return value says how each trial ended.
+    """
+    from kd_ray.data import DATASETS
+    from kd_ray.models import create_model
+    from kd_ray.train.distill import DistillationRun
+    from kd_ray.train.teacher import dataset_config
+
     cfg = parse_config(config["sweep"])
-    trial = StudentTrial(**{**config["trial"], "teacher_ids": tuple(config["trial"]["teacher_ids"])})
+    trials = [StudentTrial.from_dict(d) for d in config["group"]["trials"]]
     runtime, rank, world_size = _setup(cfg)
-    dcfg = dataset_config(cfg, trial.dataset)
+    dcfg = dataset_config(cfg, trials[0].dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
     plan = plan_sweep(cfg, check_names=False)
     store = TeacherStore(Storage.open(config["teacher_store"]))
-    teachers = []
-    for tid in trial.teacher_ids:
-        spec = plan.teacher(tid)
+    teachers = {}
+    for tid in dict.fromkeys(tid for t in trials for tid in t.teacher_ids):
         model = create_model(
             cfg.teacher.arch,
             num_classes=datasets.num_classes,
             in_channels=datasets.channels,
             image_size=dcfg.image_size or datasets.native_size,
         )
-        teachers.append(store.load_into(model, spec))
+        teachers[tid] = store.load_into(model, plan.teacher(tid))
     run = DistillationRun(
-        cfg, trial, datasets, teachers, runtime, rank=rank, world_size=world_size, wrap=_wrap
+        cfg, trials, datasets, teachers, runtime, rank=rank, world_size=world_size, wrap=_wrap
     )
-    start, last = _restore(run, trial.trial_id)
+    start, last = _restore(run, [t.trial_id for t in trials])
     if last is not None:
         ray.train.report(last, checkpoint=None)
+    failed = {s.trial.trial_id: s.diverged for s in run.students if s.diverged}
     for epoch in range(start, cfg.student.train.epochs + 1):
-        try:
-            report, calibration = run.run_epoch(epoch)
-        except Diverged as err:
-            # Every rank sees the same reduced loss, so all ranks stop at this same epoch.
-            return {"status": "failed", "error": f"diverged at epoch {epoch}: {err}"}
-        _report(run, epoch, {**report, **calibration_keys(calibration)}, rank)
-    return {"status": "ok"}
+        if not run.active:  # every student diverged; all ranks agree, so all stop here
+            break
+        result = run.run_epoch(epoch)
+        failed.update(result.diverged)
+        report: dict[str, Any] = {}
+        for tid, values in result.reports.items():
+            report.update(
+                _prefixed(tid, {**values, "epoch": epoch, **calibration_keys(result.calibration[tid])})
+            )
+        _report(run, epoch, report, rank)
+    return {
+        "status": {t.trial_id: "failed" if t.trial_id in failed else "ok" for t in trials},
+        "error": failed,
+    }
 
 
 def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train loop of one teacher; rank 0 stores the trained weights in the teacher store."""
+    from kd_ray.data import DATASETS
+    from kd_ray.train.teacher import TeacherRun, dataset_config
+
     cfg = parse_config(config["sweep"])
     spec = TeacherSpec(**config["teacher"])
     runtime, rank, world_size = _setup(cfg)
     dcfg = dataset_config(cfg, spec.dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
     run = TeacherRun(cfg, spec, datasets, runtime, rank=rank, world_size=world_size, wrap=_wrap)
-    start, last = _restore(run, f"teacher {spec.teacher_id}")
+    start, last = _restore(run, [f"teacher {spec.teacher_id}"])
     report = last or {}
     for epoch in range(start, cfg.teacher.train.epochs + 1):
         report = run.run_epoch(epoch)

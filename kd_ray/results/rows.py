@@ -11,6 +11,17 @@ from kd_ray.metrics.names import SPLIT_METRICS, SPLITS, TRIAL_SUMMARY_SOURCE, al
 from kd_ray.plan import StudentTrial, TeacherSpec
 
 _METRICS = SPLIT_METRICS + all_teacher_metrics()
+
+# A stream group's report holds every student's values as ``{trial_id}::{key}``.
+TRIAL_SEP = "::"
+
+
+def trial_report(result: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
+    """One trial's values from a stream group's report (empty if it has none this epoch)."""
+    prefix = trial_id + TRIAL_SEP
+    return {k[len(prefix) :]: v for k, v in result.items() if k.startswith(prefix)}
+
+
 NAN = float("nan")
 
 

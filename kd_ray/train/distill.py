@@ -1,9 +1,15 @@
-"""Distilling one student from frozen teachers: the training epoch and its evaluations.
+"""Distilling students from frozen teachers: the training epoch and its evaluations.
 
-Per batch the teachers (eval mode, no grad) see the student's augmented batch — in the
-``split`` view only their own strip — and the student is trained on the SPEC §1 loss. Attention
+One run trains every student trial of a *stream group*: trials that share (dataset, student
+augmentation, view, seed) see the same batches in the same order (SPEC §1, paired randomness),
+so the batch is augmented once, each distinct teacher runs once per batch, and every student
+trains on it. Each student is exactly the model its trial would be if run alone: the same
+initial weights (seeded by the stream) and the same batches; only the work is shared.
+
+Per batch the teachers (eval mode, no grad) see the students' augmented batch — in the
+``split`` view only their own strip — and each student is trained on its SPEC §1 loss. Attention
 maps come from hooks on these same forward passes, and every metric of SPEC §2 streams into one
-accumulator per split, reduced across DDP workers before it is reported.
+accumulator per student and split, reduced across DDP workers before it is reported.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,7 +31,7 @@ from kd_ray.losses import LOSSES
 from kd_ray.metrics import SplitMetrics
 from kd_ray.metrics.names import report_key
 from kd_ray.models import capture_attention, create_model
-from kd_ray.plan import StudentTrial
+from kd_ray.plan import StudentTrial, stream_key
 from kd_ray.seeding import stream_seed
 from kd_ray.train.checkpoint import unwrap
 from kd_ray.train.optim import build_optimizer, build_scheduler
@@ -32,54 +39,73 @@ from kd_ray.train.runtime import Runtime
 from kd_ray.train.teacher import dataset_config
 
 
-class Diverged(RuntimeError):
-    """The training loss stopped being finite; the trial is recorded as failed."""
+@dataclass
+class _Student:
+    """One student trial's model, optimiser and loss."""
+
+    trial: StudentTrial
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable
+    diverged: str | None = None
+
+
+@dataclass
+class EpochResult:
+    """One epoch of a run: per trial, the flat report and calibration bins, or why it stopped."""
+
+    reports: dict[str, dict[str, float]] = field(default_factory=dict)
+    calibration: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    diverged: dict[str, str] = field(default_factory=dict)
 
 
 class DistillationRun:
-    """The epochs of one student trial; the caller reports and checkpoints between them.
+    """The epochs of the student trials of one stream group; the caller reports between them.
 
-    The student's initial weights and its whole data stream are seeded by
-    ``stream_seed(dataset, student_aug, view, seed)`` only, so trials that differ in teachers or
-    loss are paired (SPEC §1).
+    Args:
+        cfg: the sweep.
+        trials: student trials sharing one data stream (:func:`kd_ray.plan.stream_key`).
+        datasets: the dataset's splits.
+        teachers: trained teachers by id (at least every id the trials name).
+        runtime: device and speed switches.
+        rank, world_size: this DDP rank and the number of ranks.
+        wrap: DDP wrapper for each student (identity in one process).
     """
 
     def __init__(
         self,
         cfg: SweepConfig,
-        trial: StudentTrial,
+        trials: Sequence[StudentTrial],
         datasets: ImageDatasets,
-        teachers: Sequence[nn.Module],
+        teachers: Mapping[str, nn.Module],
         runtime: Runtime,
         *,
         rank: int = 0,
         world_size: int = 1,
         wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
     ) -> None:
+        streams = {stream_key(t) for t in trials}
+        if len(streams) != 1:
+            raise ValueError(f"a run trains trials of one data stream, got {sorted(streams)}")
+        first = trials[0]
         self.cfg = cfg
-        self.trial = trial
         self.runtime = runtime
         self.num_classes = datasets.num_classes
-        self.image_size = dataset_config(cfg, trial.dataset).image_size
+        self.image_size = dataset_config(cfg, first.dataset).image_size
         # SPEC §2: attention maps are compared at the input resolution.
         self.input_size = self.image_size or datasets.native_size
-        seed = stream_seed(trial.dataset, trial.student_aug, trial.view, trial.seed)
-        torch.manual_seed(seed)
-        student = create_model(
-            cfg.student.arch,
-            num_classes=datasets.num_classes,
-            in_channels=datasets.channels,
-            image_size=self.input_size,
-        )
-        self.student = runtime.compiled(wrap(runtime.model(student)))
-        self.teachers = [runtime.model(t).eval().requires_grad_(False) for t in teachers]
-        self.optimizer = build_optimizer(self.student, cfg.student.train)
-        self.scheduler = build_scheduler(self.optimizer, cfg.student.train)
-        self.loss_fn = LOSSES.get(trial.loss)
-        self.view = VIEWS.get(trial.view)
+        self.view = VIEWS.get(first.view)
+        self.teachers = {
+            tid: runtime.model(teachers[tid]).eval().requires_grad_(False)
+            for t in trials
+            for tid in t.teacher_ids
+        }
+        seed = stream_seed(first.dataset, first.student_aug, first.view, first.seed)
+        self.students = [self._student(trial, datasets, seed, wrap) for trial in trials]
         self.loaders = build_loaders(
             datasets,
-            student_aug=trial.student_aug,
+            student_aug=first.student_aug,
             global_batch_size=cfg.student.train.batch_size,
             stream_seed=seed,
             rank=rank,
@@ -88,91 +114,141 @@ class DistillationRun:
             pin_memory=cfg.runtime.pin_memory,
         )
 
-    def _metrics(self) -> SplitMetrics:
+    def _student(self, trial: StudentTrial, datasets: ImageDatasets, seed: int, wrap) -> _Student:
+        # Re-seeding per student gives every trial the initial weights it would have alone.
+        torch.manual_seed(seed)
+        model = create_model(
+            self.cfg.student.arch,
+            num_classes=datasets.num_classes,
+            in_channels=datasets.channels,
+            image_size=self.input_size,
+        )
+        model = self.runtime.compiled(wrap(self.runtime.model(model)))
+        optimizer = build_optimizer(model, self.cfg.student.train)
+        return _Student(
+            trial,
+            model,
+            optimizer,
+            build_scheduler(optimizer, self.cfg.student.train),
+            LOSSES.get(trial.loss),
+        )
+
+    @property
+    def active(self) -> list[_Student]:
+        return [s for s in self.students if s.diverged is None]
+
+    def _metrics(self, n_teachers: int) -> SplitMetrics:
         m = self.cfg.metrics
         return SplitMetrics(
             self.num_classes,
-            len(self.teachers),
+            n_teachers,
             ece_bins=m.ece_bins,
             iou_threshold=m.iou_threshold,
             map_size=(self.input_size, self.input_size),
         )
 
-    def _pass(self, loader, train: bool) -> SplitMetrics:
-        """One pass over ``loader``: forward teachers and student, train if asked, accumulate."""
-        metrics = self._metrics()
-        k = len(self.teachers)
+    def _pass(self, loader, train: bool) -> dict[str, SplitMetrics]:
+        """One pass over ``loader``: each teacher once per batch, then every active student."""
+        students = self.active
+        metrics = {s.trial.trial_id: self._metrics(s.trial.n_teachers) for s in students}
         distill = self.cfg.distill
         target = self.cfg.metrics.cam_target
-        self.student.train(train)
+        for s in students:
+            s.model.train(train)
+        needed = {
+            (tid, slot, s.trial.n_teachers)
+            for s in students
+            for slot, tid in enumerate(s.trial.teacher_ids, 1)
+        }
         with contextlib.ExitStack() as hooks:
-            s_cap = hooks.enter_context(capture_attention(self.student, cam_target=target))
-            t_caps = [hooks.enter_context(capture_attention(t, cam_target=target)) for t in self.teachers]
+            s_caps = [hooks.enter_context(capture_attention(s.model, cam_target=target)) for s in students]
+            t_caps = {
+                tid: hooks.enter_context(capture_attention(t, cam_target=target))
+                for tid, t in self.teachers.items()
+            }
             for x, y in loader:
                 x, y = self.runtime.batch(x, y)
                 if self.image_size:
                     x = resize_batch(x, self.image_size)
-                t_logits, t_maps = [], []
-                with torch.no_grad(), self.runtime.autocast():
-                    for slot, (teacher, cap) in enumerate(zip(self.teachers, t_caps, strict=True), 1):
-                        logits = teacher(self.view(x, slot, k)).float()
-                        t_logits.append(logits)
-                        t_maps.append(cap.maps(logits, y))
-                with torch.set_grad_enabled(train), self.runtime.autocast():
-                    s_logits = self.student(x).float()
-                loss = self.loss_fn(
-                    s_logits, t_logits, y, temperature=distill.temperature, alpha=distill.alpha
-                )
-                if train:
-                    if not math.isfinite(loss.item()):
-                        raise Diverged(f"training loss became {loss.item()}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                with torch.no_grad():
-                    metrics.update(
-                        s_logits.detach(),
-                        t_logits,
-                        y,
-                        student_maps=s_cap.maps(s_logits, y),
-                        teacher_maps=t_maps,
-                        loss=loss.detach(),
+                # Each teacher runs once per batch and input: in the split view its input
+                # depends on its slot and on k, so (teacher, slot, k) is the unit of work.
+                outputs: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+                for tid, slot, k in sorted(needed):
+                    with torch.no_grad(), self.runtime.autocast():
+                        logits = self.teachers[tid](self.view(x, slot, k)).float()
+                    outputs[(tid, slot, k)] = (logits, t_caps[tid].maps(logits, y))
+                for s, s_cap in zip(students, s_caps, strict=True):
+                    k = s.trial.n_teachers
+                    t_out = [outputs[(tid, slot, k)] for slot, tid in enumerate(s.trial.teacher_ids, 1)]
+                    t_logits = [o[0] for o in t_out]
+                    with torch.set_grad_enabled(train), self.runtime.autocast():
+                        s_logits = s.model(x).float()
+                    loss = s.loss_fn(
+                        s_logits, t_logits, y, temperature=distill.temperature, alpha=distill.alpha
                     )
-        metrics.all_reduce()
+                    if train:
+                        s.optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        s.optimizer.step()
+                    with torch.no_grad():
+                        metrics[s.trial.trial_id].update(
+                            s_logits.detach(),
+                            t_logits,
+                            y,
+                            student_maps=s_cap.maps(s_logits, y),
+                            teacher_maps=[o[1] for o in t_out],
+                            loss=loss.detach(),
+                        )
+        for m in metrics.values():
+            m.all_reduce()
         return metrics
 
-    def run_epoch(self, epoch: int) -> tuple[dict[str, float], dict[str, list[dict]]]:
+    def run_epoch(self, epoch: int) -> EpochResult:
         """Train 1-based ``epoch``, then evaluate on ``val`` and ``val_aug``.
 
-        Returns:
-            The flat report (``split/metric``, plus ``lr`` and ``seconds``) and the calibration
-            bins of each split.
-
-        Raises:
-            Diverged: the training loss was not finite.
+        A student whose all-reduced training loss is not finite stops here (every rank sees the
+        same reduced loss, so all ranks drop it at the same epoch); the others go on.
         """
         start = time.perf_counter()
         self.loaders.set_epoch(epoch)
-        lr = self.optimizer.param_groups[0]["lr"]
-        results = {"train": self._pass(self.loaders.train, train=True)}
-        self.scheduler.step()
+        lrs = {s.trial.trial_id: s.optimizer.param_groups[0]["lr"] for s in self.active}
+        result = EpochResult()
+        train = self._pass(self.loaders.train, train=True)
+        for s in self.active:
+            s.scheduler.step()
+            loss = train[s.trial.trial_id].compute()["loss"]
+            if not math.isfinite(loss):
+                s.diverged = f"diverged at epoch {epoch}: training loss became {loss}"
+                result.diverged[s.trial.trial_id] = s.diverged
         with torch.no_grad():
-            results["val"] = self._pass(self.loaders.val, train=False)
-            results["val_aug"] = self._pass(self.loaders.val_aug, train=False)
-        report: dict[str, float] = {"lr": lr}
-        for split, metrics in results.items():
-            report.update({report_key(split, name): value for name, value in metrics.compute().items()})
-        report["seconds"] = time.perf_counter() - start
-        return report, {split: m.calibration() for split, m in results.items()}
+            val = self._pass(self.loaders.val, train=False)
+            val_aug = self._pass(self.loaders.val_aug, train=False)
+        seconds = time.perf_counter() - start
+        for s in self.active:
+            tid = s.trial.trial_id
+            splits = {"train": train[tid], "val": val[tid], "val_aug": val_aug[tid]}
+            report: dict[str, float] = {"lr": lrs[tid], "seconds": seconds}
+            for split, m in splits.items():
+                report.update({report_key(split, name): value for name, value in m.compute().items()})
+            result.reports[tid] = report
+            result.calibration[tid] = {split: m.calibration() for split, m in splits.items()}
+        return result
 
     def state_dict(self) -> dict:
         return {
-            "model": unwrap(self.student).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            s.trial.trial_id: {
+                "model": unwrap(s.model).state_dict(),
+                "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict(),
+                "diverged": s.diverged or "",
+            }
+            for s in self.students
         }
 
     def load_state_dict(self, state: dict) -> None:
-        unwrap(self.student).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for s in self.students:
+            own = state[s.trial.trial_id]
+            unwrap(s.model).load_state_dict(own["model"])
+            s.optimizer.load_state_dict(own["optimizer"])
+            s.scheduler.load_state_dict(own["scheduler"])
+            s.diverged = own["diverged"] or None
