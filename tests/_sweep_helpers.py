@@ -191,10 +191,15 @@ def copy_teachers(src_root: Path, dst_root: Path) -> None:
 
 @functools.cache
 def uninterrupted_run() -> Path:
-    """The tiny sweep run once, start to finish, per test process: the reference results root."""
+    """The tiny sweep run once, start to finish, per test process: the reference results root.
+
+    It writes to a ``file://`` URI, so the same run is also the storage test's sweep through a
+    pyarrow filesystem URI (its output is kept in ``reference.log`` beside the results).
+    """
     root = Path(tempfile.mkdtemp(prefix="kd_ref_"))
     config = write_config(root)
-    done = run_cli("sweep", str(config), "--results", str(root / "results"), "--no-report", "-q")
+    done = run_cli("sweep", str(config), "--results", f"file://{root / 'results'}", "-q")
+    (root / "reference.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root / "results"
 

@@ -1,42 +1,38 @@
-"""SPEC §2: a 2-worker DDP trial reports the same metrics as a 1-worker trial (real Ray Train)."""
+"""SPEC §2: a 2-worker DDP trial reports the same metrics as a 1-worker trial (real Ray Train).
+
+The 1-worker side is the shared reference sweep (``_sweep_helpers.uninterrupted_run``); the
+2-worker sweep reuses its teachers from the store, so both students distil from the same
+teachers on the same data stream, and only the number of DDP workers differs.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
-from _sweep_cli import run_cli, write_config
+from _sweep_helpers import copy_teachers, run_cli, table, uninterrupted_run, write_config
 
 from kd_ray.metrics.names import SPLIT_METRICS
 
 pytestmark = pytest.mark.slow
 
-
-def _config(name: str, workers: int) -> dict:
-    return {
-        "name": name,
-        "datasets": [{"name": "synthetic", "num_train": 128, "num_val": 64}],
-        "teacher": {"arch": "cnn_tiny", "train": {"epochs": 1, "batch_size": 32, "lr": 0.05}},
-        "student": {"arch": "cnn_tiny", "train": {"epochs": 2, "batch_size": 32, "lr": 0.05}},
-        "grid": {"teacher_counts": [2], "losses": ["zscore_kd"], "permutations": ["T1w_T2s_Ss"]},
-        "resources": {"num_workers": workers, "cpus_per_worker": 0.95},
-    }
+TRIAL = "synthetic-T1s_Ss-kd-full-s0"
 
 
-def test_two_workers_report_the_same_metrics_as_one(tmp_path: Path) -> None:
+def test_two_workers_report_the_same_metrics_as_one(tmp_path) -> None:
+    reference = uninterrupted_run()
     results = tmp_path / "results"
-    frames = {}
-    for workers in (1, 2):
-        config = write_config(tmp_path / f"ddp{workers}.yaml", _config(f"ddp{workers}", workers))
-        proc = run_cli("sweep", str(config), "--results", str(results), "--no-report", "--quiet")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        frames[workers] = pd.read_parquet(results / f"ddp{workers}" / "epochs.parquet")
-    one, two = (frames[w].sort_values(["epoch", "split"]).reset_index(drop=True) for w in (1, 2))
-    assert len(one) == len(two) == 2 * 3
-    for column in SPLIT_METRICS + ("acc_t1", "acc_t2", "entropy_t1", "entropy_t2"):
+    copy_teachers(reference, results)
+    config = write_config(
+        tmp_path,
+        {"grid": {"permutations": ["T1s_Ss"]}, "resources": {"num_workers": 2, "cpus_per_worker": 0.95}},
+    )
+    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "teachers trained 0, reused 1" in done.stdout
+
+    two = table(results / "tiny", "epochs").sort_values(["epoch", "split"]).reset_index(drop=True)
+    one = table(reference / "tiny", "epochs")
+    one = one[one["trial_id"] == TRIAL].sort_values(["epoch", "split"]).reset_index(drop=True)
+    assert len(two) == len(one) == 4 * 3  # epochs x splits
+    for column in (*SPLIT_METRICS, "acc_t1", "entropy_t1", "lr"):
         np.testing.assert_allclose(two[column], one[column], rtol=1e-5, atol=1e-6, err_msg=column)
-    # The second sweep found both teachers already trained by the first (content-hashed store).
-    teachers = pd.read_parquet(results / "ddp2" / "teachers.parquet")
-    assert len(teachers) == 2 and (teachers["status"] == "ok").all()

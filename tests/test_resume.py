@@ -15,6 +15,7 @@ import pytest
 from _sweep_helpers import (
     assert_no_processes_under,
     assert_same_results,
+    copy_teachers,
     kill_tree,
     owner_files,
     ray_tmpdir,
@@ -41,8 +42,10 @@ def _started(sweep: Path) -> set[str]:
 
 def test_resume_after_driver_sigkill_matches_uninterrupted_run(tmp_path):
     reference = uninterrupted_run() / "tiny"
-    config = write_config(tmp_path)
+    # One run at a time, so one stream group has finished while the other is mid-way.
+    config = write_config(tmp_path, {"resources": {"max_concurrent_trials": 1}})
     results = tmp_path / "results"
+    copy_teachers(reference.parent, results)  # trained teachers in the store: resume must keep them
     sweep = results / "tiny"
     ray_tmp = ray_tmpdir()
     proc = start_cli(
