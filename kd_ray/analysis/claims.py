@@ -114,7 +114,10 @@ def _key(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> pd.Series
 def _run_correlation(trials: pd.DataFrame, part: Correlation) -> tuple[TestResult, str]:
     data = trials[(trials["view"] == "full") & (trials["n_teachers"] >= part.min_teachers)]
     if data.empty:
-        return TestResult(math.nan, math.nan, math.nan, math.nan, 0, None), "no full-view trials"
+        why = "no full-view trials"
+        if part.min_teachers > 1 and (trials["view"] == "full").any():
+            why = f"no full-view trials with at least {part.min_teachers} teachers (teacher IoU needs two)"
+        return TestResult(math.nan, math.nan, math.nan, math.nan, 0, None), why
     frame = pd.DataFrame(
         {
             "unit": _key(data, _CONFIG),
