@@ -103,8 +103,9 @@ def _init_ray(cfg: SweepConfig) -> None:
         # Train's controller polls workers at this interval; its 2 s default throttles small runs.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.resources.report_interval_s),
         "RAY_USAGE_STATS_ENABLED": "0",
-        # The collector writes the results; Tune's CSV/JSON/TensorBoard copies of every report
-        # (hundreds of keys per stream group) would only cost driver time and disk.
+        # The collector writes the results; Tune's CSV and TensorBoard copies of every report
+        # (hundreds of keys per stream group) would only cost driver time and disk. The JSON
+        # log stays (see _tune): Tune's result grid reads it when the run ends.
         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     }
     os.environ.update(env)
@@ -165,6 +166,7 @@ def _tune(
     verbose: int,
 ) -> None:
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     workers = cfg.resources.teacher_workers if stage == "teacher" else cfg.resources.num_workers
     fn = tune.with_resources(trainable, {"cpu": _TRIAL_FN_CPU})
@@ -176,7 +178,7 @@ def _tune(
             name=_experiment_name(sweep, stage + "s"),
             storage_path=sweep.child("_ray").uri,
             failure_config=tune.FailureConfig(max_failures=cfg.failure.trial_max_failures),
-            callbacks=callbacks,
+            callbacks=[*callbacks, JsonLoggerCallback()],
             verbose=verbose,
         ),
     )
