@@ -77,6 +77,7 @@ def test_each_teacher_trained_once(demo_run) -> None:
     teachers = pd.read_parquet(sweep / "teachers.parquet")
     assert sorted(teachers["name"]) == ["T1s", "T1w", "T2s", "T2w"]
     assert (teachers["status"] == "ok").all() and teachers["teacher_id"].is_unique
+    assert (teachers["wall_s"] > 0).all() and teachers["val_acc"].between(0, 1).all()
     trials = pd.read_parquet(sweep / "trials.parquet")
     used = {tid for ids in trials["teacher_ids"] for tid in ids.split(",")}
     assert used == set(teachers["teacher_id"])

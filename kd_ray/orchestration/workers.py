@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from typing import Any
 
 import ray.train
@@ -151,6 +152,7 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
     from kd_ray.data import DATASETS
     from kd_ray.train.teacher import TeacherRun, dataset_config
 
+    started = time.perf_counter()
     cfg = parse_config(config["sweep"])
     spec = TeacherSpec(**config["teacher"])
     runtime, rank, world_size = _setup(cfg)
@@ -172,6 +174,7 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
             "epochs": cfg.teacher.train.epochs,
             "train_acc": report.get("train/acc"),
             "val_acc": report.get("val/acc"),
+            "wall_s": time.perf_counter() - started,  # this attempt only, after a resume
         }
         TeacherStore(Storage.open(config["teacher_store"])).save(
             run.model, spec, num_classes=datasets.num_classes, info=info
