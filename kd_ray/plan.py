@@ -66,9 +66,11 @@ class StudentTrial:
         return cls(**{**data, "teacher_ids": tuple(data["teacher_ids"])})
 
 
-def stream_key(trial: StudentTrial) -> tuple[str, str, str, int]:
-    """What decides a student trial's data stream and initial weights (SPEC §1)."""
-    return (trial.dataset, trial.student_aug, trial.view, trial.seed)
+def stream_key(trial: StudentTrial) -> tuple[str, str, int]:
+    """What decides a student trial's data stream and initial weights (SPEC §1): dataset,
+    student augmentation and seed. Not the teachers, the loss or the view: the view decides what
+    the teachers see, so a full-view and a split-view trial share their stream."""
+    return (trial.dataset, trial.student_aug, trial.seed)
 
 
 def stream_groups(
@@ -77,7 +79,8 @@ def stream_groups(
     """Trials that share a data stream, in plan order, in chunks of at most ``max_size``.
 
     Such trials see identical batches, so one run can augment each batch once and run each
-    teacher once for all of them (the orchestrator trains a group per Ray Train run).
+    teacher once per distinct input for all of them, whatever their views (the orchestrator
+    trains a group per Ray Train run).
     """
     groups: dict[tuple, list[StudentTrial]] = {}
     for trial in trials:
@@ -88,9 +91,9 @@ def stream_groups(
 
 def group_id(group: Sequence[StudentTrial]) -> str:
     """A stable name for a group of trials (its Ray Train run name): stream plus member hash."""
-    dataset, aug, view, seed = stream_key(group[0])
+    dataset, aug, seed = stream_key(group[0])
     members = hashlib.sha256("\n".join(sorted(t.trial_id for t in group)).encode()).hexdigest()[:8]
-    return f"{dataset}-S{aug}-{view}-s{seed}-{len(group)}x-{members}"
+    return f"{dataset}-S{aug}-s{seed}-{len(group)}x-{members}"
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,12 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
-def stream_seed(dataset: str, student_aug: str, view: str, seed: int) -> int:
+def stream_seed(dataset: str, student_aug: str, seed: int) -> int:
     """Seed of a student's data stream and initial weights.
 
-    It depends on (dataset, student augmentation, view, seed) only, never on the teachers or the
-    loss, so student trials that differ only in those see the same batches in the same order and
-    start from the same weights (common random numbers).
+    It depends on (dataset, student augmentation, seed) only, never on the teachers, the loss or
+    the teacher view (which decides what the teachers see, not the student's data), so student
+    trials that differ only in those see the same batches in the same order and start from the
+    same weights (common random numbers).
     """
-    return stable_seed("student-stream", dataset, student_aug, view, seed)
+    return stable_seed("student-stream", dataset, student_aug, seed)

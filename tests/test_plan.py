@@ -10,7 +10,7 @@ import pytest
 
 from kd_ray.config import load_config, parse_config
 from kd_ray.errors import ConfigError
-from kd_ray.plan import parse_perm, perm_name, permutations, plan_sweep
+from kd_ray.plan import group_id, parse_perm, perm_name, permutations, plan_sweep, stream_groups, stream_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,25 @@ def test_permutation_filter() -> None:
     assert sorted(t.perm for t in plan.trials) == ["T1s_T2w_Ss", "T1w_T2w_Sw"]
     with pytest.raises(ConfigError, match="has 3 teachers"):
         plan_sweep(_cfg(teacher_counts=[2], permutations=["T1s_T2w_T3w_Ss"]))
+
+
+def test_stream_groups_ignore_teachers_loss_and_view() -> None:
+    # SPEC §1: the stream is (dataset, student augmentation, seed); the view only changes what
+    # the teachers see, so a full- and a split-view trial of one permutation share a group.
+    plan = plan_sweep(
+        _cfg(teacher_counts=[1, 2], losses=["kd", "zscore_kd"], views=["full", "split"], seeds=[0, 1])
+    )
+    groups = stream_groups(plan.trials)
+    assert len(groups) == 2 * 2  # student augmentations x seeds
+    for group in groups:
+        assert len({stream_key(t) for t in group}) == 1
+        assert len(group) == (2 + 4) * 2 * 2  # permutations per student aug x losses x views
+    by_id = {t.trial_id: t for t in plan.trials}
+    full, split = by_id["digits-T1s_T2w_Ss-kd-full-s1"], by_id["digits-T1s_T2w_Ss-kd-split-s1"]
+    assert stream_key(full) == stream_key(split) == ("digits", "s", 1)
+    assert [len(g) for g in stream_groups(plan.trials, max_size=10)] == [10, 10, 4] * 4
+    names = [group_id(g) for g in stream_groups(plan.trials, max_size=10)]
+    assert len(set(names)) == len(names) and names[0].startswith("digits-Sw-s0-10x-")
 
 
 def test_demo_dry_run_lists_4_teachers_and_16_trials() -> None:

@@ -11,7 +11,7 @@ from kd_ray.data.streams import ShardedBatchSampler, build_loaders, teacher_load
 from kd_ray.errors import ConfigError
 from kd_ray.seeding import stream_seed
 
-SEED = stream_seed("synthetic", "s", "full", 0)
+SEED = stream_seed("synthetic", "s", 0)
 
 
 @pytest.fixture(scope="module")

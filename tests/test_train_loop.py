@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from kd_ray.config import ScheduleConfig, parse_config
-from kd_ray.data import DATASETS
+from kd_ray.data import DATASETS, VIEWS
 from kd_ray.errors import CheckpointError
 from kd_ray.models import create_model
 from kd_ray.plan import plan_sweep
 from kd_ray.train.checkpoint import load_teacher_weights, teacher_bytes
-from kd_ray.train.distill import DistillationRun
+from kd_ray.train.distill import DistillationRun, teacher_key
 from kd_ray.train.optim import lr_factor
 from kd_ray.train.runtime import Runtime
 from kd_ray.train.teacher import TeacherRun
@@ -73,6 +73,75 @@ def test_a_trial_trained_in_a_stream_group_equals_the_trial_alone(setup) -> None
     _, grouped = _run(setup, mates)
     for a, b in zip(alone, grouped, strict=True):
         assert _metrics(a.reports[zs.trial_id]) == _metrics(b.reports[zs.trial_id])
+
+
+MIXED = {
+    **CFG,
+    "grid": {**CFG["grid"], "views": ["full", "split"], "permutations": ["T1s_T2w_Sw", "T1w_T2w_Sw"]},
+}
+
+
+def test_a_trial_in_a_mixed_view_group_equals_the_trial_alone(setup) -> None:
+    # The view decides what the teachers see, not the student's stream: full- and split-view
+    # trials share one group (teacher ids do not depend on the grid, so setup's teachers serve).
+    _, _, datasets, teachers = setup
+    cfg = parse_config(MIXED)
+    trials = list(plan_sweep(cfg).trials)
+    assert sorted({t.view for t in trials}) == ["full", "split"] and len(trials) == 8
+    grouped = DistillationRun(cfg, trials, datasets, teachers, CPU)
+    together = [grouped.run_epoch(e) for e in (1, 2)]
+    for view in ("full", "split"):
+        trial = next(t for t in trials if t.view == view and t.loss == "zscore_kd")
+        alone = DistillationRun(cfg, [trial], datasets, teachers, CPU)
+        for epoch, both in enumerate(together, 1):
+            assert _metrics(alone.run_epoch(epoch).reports[trial.trial_id]) == _metrics(
+                both.reports[trial.trial_id]
+            )
+
+
+def _teacher_forwards_per_batch(cfg, trials, datasets) -> float:
+    """Teacher forward passes per batch of a group's epoch, counted by forward hooks."""
+    teachers = {
+        tid: create_model("cnn_tiny", num_classes=datasets.num_classes, in_channels=datasets.channels)
+        for t in trials
+        for tid in t.teacher_ids
+    }
+    run = DistillationRun(cfg, trials, datasets, teachers, CPU)
+    calls = []
+    for tid, model in run.teachers.items():
+        model.register_forward_hook(lambda *_, tid=tid: calls.append(tid))
+    run.run_epoch(1)
+    batches = sum(len(getattr(run.loaders, split)) for split in ("train", "val", "val_aug"))
+    assert len(calls) % batches == 0
+    return len(calls) / batches
+
+
+def test_each_teacher_runs_once_per_batch_and_input() -> None:
+    cfg = parse_config(
+        {
+            **CFG,
+            "datasets": [{"name": "synthetic", "num_train": 32, "num_val": 16}],
+            "grid": {"teacher_counts": [1, 2, 3], "losses": ["kd"], "views": ["full", "split"]},
+        }
+    )
+    datasets = DATASETS.get("synthetic")(cfg.datasets[0])
+    trials = [t for t in plan_sweep(cfg).trials if t.student_aug == "w"]
+    full = [t for t in trials if t.view == "full"]
+    assert len(full) == 2 + 4 + 8 and len(trials) == 2 * len(full)
+    # Full view: a teacher's input depends on neither slot nor k, so each distinct teacher
+    # (T1w, T1s, T2w, T2s, T3w, T3s; T1w is the same model for k = 1, 2, 3) runs once.
+    assert _teacher_forwards_per_batch(cfg, full, datasets) == 6
+    # Adding the split view: teacher (slot, k) sees strip slot of k, a new input for k = 2
+    # (2 slots x w/s) and k = 3 (3 slots x w/s); strip 1 of 1 is the whole image.
+    assert _teacher_forwards_per_batch(cfg, trials, datasets) == 6 + 4 + 6
+
+
+def test_split_view_with_one_teacher_is_the_full_view() -> None:
+    # Why teacher_key merges split k = 1 into the full view: the one strip is the whole image.
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(VIEWS.get("split")(x, 1, 1), x)
+    assert teacher_key("t", "split", 1, 1) == teacher_key("t", "full", 2, 3) == ("t",)
+    assert teacher_key("t", "split", 1, 2) != teacher_key("t", "split", 1, 3)
 
 
 def test_trials_differing_only_in_loss_see_the_same_stream(setup) -> None:

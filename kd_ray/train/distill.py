@@ -1,15 +1,17 @@
 """Distilling students from frozen teachers: the training epoch and its evaluations.
 
 One run trains every student trial of a *stream group*: trials that share (dataset, student
-augmentation, view, seed) see the same batches in the same order (SPEC §1, paired randomness),
-so the batch is augmented once, each distinct teacher runs once per batch, and every student
-trains on it. Each student is exactly the model its trial would be if run alone: the same
-initial weights (seeded by the stream) and the same batches; only the work is shared.
+augmentation, seed) see the same batches in the same order (SPEC §1, paired randomness), whatever
+their teachers, loss or view, so the batch is augmented once, each teacher runs once per batch
+and distinct input, and every student trains on it. Each student is exactly the model its trial
+would be if run alone: the same initial weights (seeded by the stream) and the same batches;
+only the work is shared.
 
-Per batch the teachers (eval mode, no grad) see the students' augmented batch — in the
-``split`` view only their own strip — and each student is trained on its SPEC §1 loss. Attention
-maps come from hooks on these same forward passes, and every metric of SPEC §2 streams into one
-accumulator per student and split, reduced across DDP workers before it is reported.
+Per batch the teachers (eval mode, no grad) see the students' augmented batch through each
+trial's view — in the ``split`` view only their own strip — and each student is trained on its
+SPEC §1 loss. Attention maps come from hooks on these same forward passes, and every metric of
+SPEC §2 streams into one accumulator per student and split, reduced across DDP workers before it
+is reported.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ from kd_ray.train.optim import build_optimizer, build_scheduler
 from kd_ray.train.runtime import Runtime
 from kd_ray.train.teacher import dataset_config
 
+# A teacher forward pass is keyed by what the teacher sees: ``(teacher_id,)`` for the whole
+# batch, ``(teacher_id, view, slot, k)`` for a view's transform of it. The ``full`` view is the
+# whole batch whatever the slot and k; so is the ``split`` view's only strip when k = 1.
+TeacherKey = tuple
+
+
+def teacher_key(teacher_id: str, view: str, slot: int, k: int) -> TeacherKey:
+    """The unit of teacher work: one forward pass per batch for each distinct key."""
+    if view == "full" or (view == "split" and k == 1):
+        return (teacher_id,)
+    return (teacher_id, view, slot, k)
+
 
 @dataclass
 class _Student:
@@ -48,6 +62,7 @@ class _Student:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: Callable
+    teacher_keys: list[TeacherKey]  # in slot order
     diverged: str | None = None
 
 
@@ -95,13 +110,13 @@ class DistillationRun:
         self.image_size = dataset_config(cfg, first.dataset).image_size
         # SPEC §2: attention maps are compared at the input resolution.
         self.input_size = self.image_size or datasets.native_size
-        self.view = VIEWS.get(first.view)
+        self.views = {t.view: VIEWS.get(t.view) for t in trials}
         self.teachers = {
             tid: runtime.model(teachers[tid]).eval().requires_grad_(False)
             for t in trials
             for tid in t.teacher_ids
         }
-        seed = stream_seed(first.dataset, first.student_aug, first.view, first.seed)
+        seed = stream_seed(first.dataset, first.student_aug, first.seed)
         self.students = [self._student(trial, datasets, seed, wrap) for trial in trials]
         self.loaders = build_loaders(
             datasets,
@@ -131,6 +146,10 @@ class DistillationRun:
             optimizer,
             build_scheduler(optimizer, self.cfg.student.train),
             LOSSES.get(trial.loss),
+            [
+                teacher_key(tid, trial.view, slot, trial.n_teachers)
+                for slot, tid in enumerate(trial.teacher_ids, 1)
+            ],
         )
 
     @property
@@ -147,19 +166,62 @@ class DistillationRun:
             map_size=(self.input_size, self.input_size),
         )
 
+    def _teacher_input(self, x: torch.Tensor, key: TeacherKey) -> torch.Tensor:
+        if len(key) == 1:
+            return x
+        _, view, slot, k = key
+        return self.views[view](x, slot, k)
+
+    def _teacher_outputs(
+        self, x: torch.Tensor, y: torch.Tensor, keys: Sequence[TeacherKey], captures: Mapping
+    ) -> dict[TeacherKey, tuple[torch.Tensor, torch.Tensor]]:
+        """Logits and attention maps of one batch for each teacher key: one forward pass each."""
+        outputs = {}
+        for key in keys:
+            with torch.no_grad(), self.runtime.autocast():
+                logits = self.teachers[key[0]](self._teacher_input(x, key)).float()
+            outputs[key] = (logits, captures[key[0]].maps(logits, y))
+        return outputs
+
+    def _student_step(
+        self,
+        s: _Student,
+        capture,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        outputs: Mapping[TeacherKey, tuple[torch.Tensor, torch.Tensor]],
+        metrics: SplitMetrics,
+        train: bool,
+    ) -> None:
+        """One student on one batch: its loss against its teachers' outputs, a step, metrics."""
+        distill = self.cfg.distill
+        t_out = [outputs[key] for key in s.teacher_keys]
+        t_logits = [o[0] for o in t_out]
+        with torch.set_grad_enabled(train), self.runtime.autocast():
+            s_logits = s.model(x).float()
+        loss = s.loss_fn(s_logits, t_logits, y, temperature=distill.temperature, alpha=distill.alpha)
+        if train:
+            s.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            s.optimizer.step()
+        with torch.no_grad():
+            metrics.update(
+                s_logits.detach(),
+                t_logits,
+                y,
+                student_maps=capture.maps(s_logits, y),
+                teacher_maps=[o[1] for o in t_out],
+                loss=loss.detach(),
+            )
+
     def _pass(self, loader, train: bool) -> dict[str, SplitMetrics]:
-        """One pass over ``loader``: each teacher once per batch, then every active student."""
+        """One pass over ``loader``: each teacher once per batch and key, then every active student."""
         students = self.active
         metrics = {s.trial.trial_id: self._metrics(s.trial.n_teachers) for s in students}
-        distill = self.cfg.distill
         target = self.cfg.metrics.cam_target
         for s in students:
             s.model.train(train)
-        needed = {
-            (tid, slot, s.trial.n_teachers)
-            for s in students
-            for slot, tid in enumerate(s.trial.teacher_ids, 1)
-        }
+        keys = sorted({key for s in students for key in s.teacher_keys})
         with contextlib.ExitStack() as hooks:
             s_caps = [hooks.enter_context(capture_attention(s.model, cam_target=target)) for s in students]
             t_caps = {
@@ -170,35 +232,9 @@ class DistillationRun:
                 x, y = self.runtime.batch(x, y)
                 if self.image_size:
                     x = resize_batch(x, self.image_size)
-                # Each teacher runs once per batch and input: in the split view its input
-                # depends on its slot and on k, so (teacher, slot, k) is the unit of work.
-                outputs: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-                for tid, slot, k in sorted(needed):
-                    with torch.no_grad(), self.runtime.autocast():
-                        logits = self.teachers[tid](self.view(x, slot, k)).float()
-                    outputs[(tid, slot, k)] = (logits, t_caps[tid].maps(logits, y))
+                outputs = self._teacher_outputs(x, y, keys, t_caps)
                 for s, s_cap in zip(students, s_caps, strict=True):
-                    k = s.trial.n_teachers
-                    t_out = [outputs[(tid, slot, k)] for slot, tid in enumerate(s.trial.teacher_ids, 1)]
-                    t_logits = [o[0] for o in t_out]
-                    with torch.set_grad_enabled(train), self.runtime.autocast():
-                        s_logits = s.model(x).float()
-                    loss = s.loss_fn(
-                        s_logits, t_logits, y, temperature=distill.temperature, alpha=distill.alpha
-                    )
-                    if train:
-                        s.optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        s.optimizer.step()
-                    with torch.no_grad():
-                        metrics[s.trial.trial_id].update(
-                            s_logits.detach(),
-                            t_logits,
-                            y,
-                            student_maps=s_cap.maps(s_logits, y),
-                            teacher_maps=[o[1] for o in t_out],
-                            loss=loss.detach(),
-                        )
+                    self._student_step(s, s_cap, x, y, outputs, metrics[s.trial.trial_id], train)
         for m in metrics.values():
             m.all_reduce()
         return metrics
