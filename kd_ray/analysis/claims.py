@@ -1,18 +1,23 @@
 """The claims check: does each of the paper's claims hold on this sweep?
 
-Each claim is one or more *parts*, each a two-sided test at alpha = 0.05 (see
-:mod:`kd_ray.analysis.stats` for the conventions). A claim is
+The method, and why each choice, is in docs/claims.md. In short:
 
-* **supported** when every part is significant in the paper's direction (an intersection-union
-  test, which needs no multiplicity correction);
-* **contradicted** when some part is significant against the paper's direction at alpha/m
-  (Bonferroni over the claim's m parts, since any one part suffices);
-* **inconclusive** otherwise, with the number of units that would be needed to detect the
-  observed effect with 80% power.
-
-Correlational claims (C1-C3, C6, C7) use full-view trials, the paper's setting; the split view
-is an intervention on IoU and is tested on its own (C4). Paired claims (C4, C5) compare
-trials that differ in one factor only and so share teachers, seed and data order.
+* **Units are independent.** The unit is a configuration (seeds averaged). Correlational claims
+  (C1-C3, C6, C7) use vanilla-KD, full-view trials only, the paper's setting: a z-score student
+  shares its teachers and its data stream with its vanilla twin, so teacher-side measurements
+  (teacher IoU, ensemble accuracy) would repeat the same number. Z-score trials feed C5 and the
+  split view feeds C4.
+* **Confounders are controlled.** Strata are (dataset, architectures, teacher count, and the grid's
+  KD hyper-parameters where they vary). C2 and C3 relate a teacher-side quantity to the student's
+  outcome, both moved by the student's augmentation, so their strata also hold the student's
+  augmentation; the pooled test is shown beside it, and the same test on the clean val split as
+  a robustness row.
+* **Strata are combined** by weighted Stouffer (:mod:`kd_ray.analysis.stats`), conservatively
+  within blocks of strata that share teacher models.
+* **The seven claims are a family.** A claim of several parts is supported when every part is
+  significant in the paper's direction (intersection-union: the claim's p is its largest part
+  p), contradicted when some part goes against it (Bonferroni over its parts); Holm's adjustment
+  over the claims then decides each verdict at alpha = 0.05.
 """
 
 from __future__ import annotations
@@ -20,28 +25,65 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from kd_ray.analysis.aggregate import ok_trials
-from kd_ray.analysis.stats import ALPHA, TestResult, paired_test, rank_correlation_test, verdict
+from kd_ray.analysis.stats import (
+    ALPHA,
+    EMPTY,
+    TestResult,
+    equivalence_test,
+    holm,
+    paired_test,
+    rank_correlation_test,
+    verdict,
+)
 
-_STRATUM = ["dataset", "teacher_arch", "student_arch", "n_teachers", "loss", "view"]
-_CONFIG = ["dataset", "teacher_arch", "student_arch", "n_teachers", "perm", "loss", "view"]
-_METRICS = ["affinity", "iou_teachers", "val_acc", "agreement", "mi", "ece", "gap"]
+# Grid axes beyond the paper's that, when a sweep varies them, define strata and configurations.
+HYPER_COLUMNS: tuple[str, ...] = ("temperature", "alpha", "lr")
+# Strata that share these share teacher models, so their tests are not independent.
+BLOCK_COLUMNS: tuple[str, ...] = ("dataset", "teacher_arch")
+_BASE_STRATUM = ("dataset", "teacher_arch", "student_arch")
+_CONFIG = ("dataset", "teacher_arch", "student_arch", "n_teachers", "perm", "loss", "view")
+# The split view is "comparable" in val accuracy within this many accuracy points (fraction).
+EQUIVALENCE_MARGIN = 0.01
+VANILLA = "kd"
+
+_CORRELATION_UNIT = "vanilla-KD full-view configuration (a student, its teachers, its stream), seeds averaged"
 
 
 @dataclass(frozen=True)
 class Correlation:
-    """A claim part: ``x`` and ``y`` rank-correlate with sign ``sign`` within strata."""
+    """A claim part: ``x`` and ``y`` rank-correlate with sign ``sign`` within strata.
+
+    Attributes:
+        by_student_aug: the student's augmentation is a stratum (C2, C3); the pooled test is
+            reported beside it.
+        k_is_variable: ``x`` is the teacher count, so k is not a stratum (C7).
+        val_columns: the same test on the clean val split, as a robustness row.
+    """
 
     x: str
     y: str
     sign: int
     min_teachers: int = 1
-    stratum: tuple[str, ...] = tuple(_STRATUM)
+    by_student_aug: bool = False
+    k_is_variable: bool = False
+    val_columns: tuple[str, str] | None = None
 
-    def describe(self) -> str:
-        return f"stratified Spearman ρ({self.x}, {self.y}), expected {'> 0' if self.sign > 0 else '< 0'}"
+    def strata(self, trials: pd.DataFrame, *, pooled: bool = False) -> tuple[str, ...]:
+        columns = list(_BASE_STRATUM)
+        if not self.k_is_variable:
+            columns.append("n_teachers")
+        columns += [c for c in HYPER_COLUMNS if c in trials and trials[c].nunique(dropna=False) > 1]
+        if self.by_student_aug and not pooled:
+            columns.append("student_aug")
+        return tuple(columns)
+
+    def describe(self, x: str | None = None, y: str | None = None) -> str:
+        sign = "> 0" if self.sign > 0 else "< 0"
+        return f"stratified Spearman ρ({x or self.x}, {y or self.y}), expected {sign}"
 
 
 @dataclass(frozen=True)
@@ -60,165 +102,404 @@ class Paired:
         return f"Wilcoxon signed-rank, Hodges-Lehmann Δ{self.metric} ({self.treated} − {self.control}), expected {direction}"
 
 
-CLAIMS: dict[str, tuple[str, tuple[Correlation | Paired, ...]]] = {
-    "C1": (
+@dataclass(frozen=True)
+class Equivalent:
+    """A claim part: switching ``factor`` leaves ``metric`` within ±``margin`` (TOST)."""
+
+    metric: str
+    factor: str
+    control: str
+    treated: str
+    margin: float
+    min_teachers: int = 1
+    sign: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"TOST (two one-sided Wilcoxon), Hodges-Lehmann Δ{self.metric} ({self.treated} − {self.control}) "
+            f"within ±{self.margin:g}"
+        )
+
+
+Part = Correlation | Paired | Equivalent
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims: its text, its parts, and the reasoning behind its design."""
+
+    text: str
+    parts: tuple[Part, ...]
+    unit: str
+    rationale: str
+    context: tuple[Paired, ...] = ()  # shown beside the claim, never part of its verdict
+    note: str = ""
+
+
+CLAIMS: dict[str, Claim] = {
+    "C1": Claim(
         "Stronger augmentation (lower affinity) goes with lower teacher attention IoU",
-        (Correlation("affinity", "iou_teachers", +1, min_teachers=2),),
+        (
+            Correlation(
+                "affinity", "iou_teachers", +1, min_teachers=2, val_columns=("affinity", "val_iou_teachers")
+            ),
+        ),
+        _CORRELATION_UNIT,
+        "Pooled over the student's augmentation: the student's augmentation is part of the augmentation "
+        "strength the claim is about. Teacher IoU needs two teachers.",
     ),
-    "C2": (
+    "C2": Claim(
         "Lower teacher attention IoU goes with higher student val accuracy",
-        (Correlation("iou_teachers", "val_acc", -1, min_teachers=2),),
+        (
+            Correlation(
+                "iou_teachers",
+                "val_acc",
+                -1,
+                min_teachers=2,
+                by_student_aug=True,
+                val_columns=("val_iou_teachers", "val_acc"),
+            ),
+        ),
+        _CORRELATION_UNIT,
+        "Within each student augmentation: teacher IoU is measured on the student's augmented batches, so "
+        "S_s versus S_w moves IoU and accuracy at once and a pooled trend can be nothing but that split.",
     ),
-    "C3": (
+    "C3": Claim(
         "Agreement and MI between teachers and student fall as val accuracy rises",
-        (Correlation("agreement", "val_acc", -1), Correlation("mi", "val_acc", -1)),
+        (
+            Correlation(
+                "agreement", "val_acc", -1, by_student_aug=True, val_columns=("val_agreement", "val_acc")
+            ),
+            Correlation("mi_mm", "val_acc", -1, by_student_aug=True, val_columns=("val_mi_mm", "val_acc")),
+        ),
+        _CORRELATION_UNIT,
+        "Within each student augmentation, as C2: fidelity during training is measured on the student's "
+        "augmented batches. MI is the Miller–Madow-corrected estimate (the plug-in one is biased upward "
+        "by about (cells − 1)/2N).",
     ),
-    "C4": (
-        "The split view lowers teacher IoU and agreement",
+    "C4": Claim(
+        "The split view lowers teacher IoU and agreement, with comparable generalisation",
         (
             Paired("iou_teachers", "view", "full", "split", -1, min_teachers=2),
             Paired("agreement", "view", "full", "split", -1, min_teachers=2),
+            Equivalent("val_acc", "view", "full", "split", EQUIVALENCE_MARGIN, min_teachers=2),
         ),
+        "pair of vanilla-KD configurations that differ only in the view (same teachers, same data stream), "
+        "seeds averaged",
+        "An intervention: the view changes what the teachers see, not the student's data (common random "
+        "numbers), so full- and split-view students are paired. 'Comparable generalisation' is an "
+        f"equivalence test with a margin of ±{EQUIVALENCE_MARGIN:g} val accuracy, stated in advance. The "
+        "teacher ensemble's accuracy under each view is shown beside it: a fall in agreement that comes "
+        "only from half-image teachers being worse is not the paper's mechanism.",
+        context=(Paired("val_acc_ensemble", "view", "full", "split", -1, min_teachers=2),),
     ),
-    "C5": (
+    "C5": Claim(
         "Z-score KD lowers the train/val gap but does not raise agreement",
         (Paired("gap", "loss", "kd", "zscore_kd", -1), Paired("agreement", "loss", "kd", "zscore_kd", -1)),
+        "pair of full-view configurations that differ only in the loss (same teachers, same data stream), "
+        "seeds averaged",
+        "Paired by loss on the full view. Both metrics are the student's own, so each pair is one student "
+        "pair.",
+        note="'does not raise' is tested as the decrease the paper reports; no change is inconclusive, not support",
     ),
-    "C6": ("Lower affinity goes with higher val accuracy", (Correlation("affinity", "val_acc", -1),)),
-    "C7": (
+    "C6": Claim(
+        "Lower affinity goes with higher val accuracy",
+        (Correlation("affinity", "val_acc", -1),),
+        _CORRELATION_UNIT,
+        "Pooled over the student's augmentation: the claim is about augmentation strength itself, of which "
+        "the student's augmentation is the largest part.",
+    ),
+    "C7": Claim(
         "More teachers and stronger augmentation lower ECE",
-        (
-            Correlation(
-                "n_teachers", "ece", -1, stratum=("dataset", "teacher_arch", "student_arch", "loss", "view")
-            ),
-            Correlation("affinity", "ece", +1),
-        ),
+        (Correlation("n_teachers", "ece", -1, k_is_variable=True), Correlation("affinity", "ece", +1)),
+        _CORRELATION_UNIT,
+        "Teacher count is the variable of the first part, so it is not a stratum there; both parts are "
+        "pooled over the student's augmentation, which is part of the augmentation strength.",
     ),
 }
 
-_NOTES = {
-    (
-        "C5",
-        1,
-    ): "'does not raise' is tested as the decrease the paper reports; no change is inconclusive, not support",
-}
+# Which role a row of :func:`claim_parts` plays: only "primary" rows decide verdicts.
+PRIMARY, POOLED, VAL_SPLIT, CONTEXT = "primary", "pooled", "val split", "context"
 
 
-def _key(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> pd.Series:
+def _key(frame: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> pd.Series:
     key = frame[columns[0]].astype(str)
     for column in columns[1:]:
         key = key + "|" + frame[column].astype(str)
     return key
 
 
-def _run_correlation(trials: pd.DataFrame, part: Correlation) -> tuple[TestResult, str]:
-    data = trials[(trials["view"] == "full") & (trials["n_teachers"] >= part.min_teachers)]
+def _config_columns(trials: pd.DataFrame) -> list[str]:
+    return [*_CONFIG, *(c for c in HYPER_COLUMNS if c in trials)]
+
+
+def _strata_text(columns: tuple[str, ...]) -> str:
+    names = {
+        "dataset": "dataset",
+        "teacher_arch": "architectures",
+        "n_teachers": "k",
+        "student_aug": "student aug",
+    }
+    return " × ".join(names[c] for c in columns if c != "student_arch" and c in names) + "".join(
+        f" × {c}" for c in columns if c in HYPER_COLUMNS
+    )
+
+
+def _correlation_data(trials: pd.DataFrame, part: Correlation) -> tuple[pd.DataFrame, str]:
+    """Vanilla-KD full-view trials with enough teachers, or an empty frame and why."""
+    if not (trials["loss"] == VANILLA).any():
+        return trials.iloc[
+            :0
+        ], "no vanilla-KD trials (correlational claims use vanilla KD, the paper's setting)"
+    data = trials[(trials["loss"] == VANILLA) & (trials["view"] == "full")]
     if data.empty:
-        why = "no full-view trials"
-        if part.min_teachers > 1 and (trials["view"] == "full").any():
-            why = f"no full-view trials with at least {part.min_teachers} teachers (teacher IoU needs two)"
-        return TestResult(math.nan, math.nan, math.nan, math.nan, 0, None), why
+        return data, "no vanilla-KD full-view trials"
+    enough = data[data["n_teachers"] >= part.min_teachers]
+    if enough.empty:
+        return (
+            enough,
+            f"no full-view trials with at least {part.min_teachers} teachers (teacher IoU needs two)",
+        )
+    return enough, ""
+
+
+def _run_correlation(
+    trials: pd.DataFrame, part: Correlation, x: str, y: str, strata: tuple[str, ...]
+) -> tuple[TestResult, str]:
+    data, why = _correlation_data(trials, part)
+    if data.empty:
+        return EMPTY, why
+    for column in (x, y):
+        if column not in data or data[column].isna().all():
+            return EMPTY, f"these results have no {column} values"
     frame = pd.DataFrame(
         {
-            "unit": _key(data, _CONFIG),
-            "stratum": _key(data, part.stratum),
-            "x": data[part.x],
-            "y": data[part.y],
+            "unit": _key(data, _config_columns(data)),
+            "stratum": _key(data, strata),
+            "block": _key(data, BLOCK_COLUMNS),
+            "x": data[x],
+            "y": data[y],
         }
     )
     result = rank_correlation_test(frame)
     note = ""
-    if result.n == 0:
-        note = f"no stratum holds two configurations with both {part.x} and {part.y}"
+    if result.n_strata == 0:
+        note = f"no stratum holds three configurations with both {x} and {y}"
     return result, note
 
 
-def _run_paired(trials: pd.DataFrame, part: Paired) -> tuple[TestResult, str]:
+def _pairs(trials: pd.DataFrame, part: Paired | Equivalent) -> tuple[pd.DataFrame, str]:
+    """Trials matched on everything but ``part.factor`` (and the seed kept), or empty and why."""
     data = trials[trials["n_teachers"] >= part.min_teachers]
-    match = [c for c in [*_CONFIG, "seed"] if c != part.factor]
+    data = data[data["loss"] == VANILLA] if part.factor == "view" else data[data["view"] == "full"]
+    if part.metric not in data:
+        return pd.DataFrame(), f"these results have no {part.metric} column"
+    match = [c for c in [*_config_columns(data), "seed"] if c != part.factor]
     control = data[data[part.factor] == part.control].set_index(match)[part.metric].rename("control")
     treated = data[data[part.factor] == part.treated].set_index(match)[part.metric].rename("treated")
     pairs = pd.concat([control, treated], axis=1, join="inner").reset_index()
-    if pairs.empty:
-        missing = part.treated if treated.empty else part.control if control.empty else "matching"
+    if pairs.empty or pairs[["control", "treated"]].isna().all().any():
+        if treated.empty or control.empty:
+            missing = part.treated if treated.empty else part.control
+            return (
+                pd.DataFrame(),
+                f"no paired trials: the sweep has no {missing} {part.factor} trials to compare",
+            )
         return (
-            TestResult(math.nan, math.nan, math.nan, math.nan, 0, None),
-            f"no paired trials: the sweep has no {missing} {part.factor} trials to compare"
-            if missing != "matching"
-            else f"no {part.treated} trial matches a {part.control} trial on every other factor and seed",
+            pd.DataFrame(),
+            f"no {part.treated} trial matches a {part.control} trial on every other factor and seed",
         )
     unit_cols = [c for c in match if c != "seed"]
-    frame = pd.DataFrame(
-        {
-            "unit": _key(pairs, unit_cols),
-            "stratum": 0,
-            "treated": pairs["treated"],
-            "control": pairs["control"],
-        }
-    )
-    return paired_test(frame), ""
+    return pd.DataFrame(
+        {"unit": _key(pairs, unit_cols), "treated": pairs["treated"], "control": pairs["control"]}
+    ), ""
+
+
+def _row(
+    claim: str, i: int, role: str, statistic: str, strata: str, sign: int, result: TestResult, note: str
+) -> dict:
+    part_verdict = _part_verdict(result, sign)
+    if part_verdict == "inconclusive" and not note and role != CONTEXT:
+        if result.n_needed is None:
+            note = "no effect observed; no n would show the claimed direction" if sign else ""
+        else:
+            note = f"n = {result.n}; about {result.n_needed} units would detect the observed effect (80% power, unadjusted α)"
+    return {
+        "claim": claim,
+        "part": i,
+        "role": role,
+        "claim_text": CLAIMS[claim].text,
+        "statistic": statistic,
+        "strata": strata,
+        "expected_sign": sign,
+        "value": result.value,
+        "p_value": result.p_value,
+        "p_against": result.p_against,
+        "p_eq9": result.p_eq9,
+        "ci_low": result.ci_low,
+        "ci_high": result.ci_high,
+        "n": result.n,
+        "n_strata": result.n_strata,
+        "n_needed": result.n_needed,
+        "verdict": part_verdict,
+        "note": note,
+    }
+
+
+def _part_verdict(result: TestResult, sign: int) -> str:
+    """A part's verdict at unadjusted alpha (for reading the parts table, not for the claim)."""
+    if sign == 0:  # equivalence
+        if math.isfinite(result.p_value) and result.p_value < ALPHA:
+            return "supported"
+        if math.isfinite(result.p_against) and result.p_against < ALPHA:
+            return "contradicted"
+        return "inconclusive"
+    return verdict(result.value, result.p_value, sign)
 
 
 def claim_parts(trials: pd.DataFrame) -> pd.DataFrame:
-    """Every part of every claim with its own test, verdict at alpha and power estimate."""
-    used = {"status", "seed", *_CONFIG, *_METRICS}
-    ok = ok_trials(trials)[[c for c in trials.columns if c in used]]
+    """Every part of every claim with its test, verdict at unadjusted alpha and power estimate.
+
+    ``role`` is ``primary`` for the rows that decide verdicts; ``pooled`` (C2, C3 without the
+    student's augmentation as a stratum), ``val split`` (the same test on the clean val split)
+    and ``context`` (shown beside a claim) rows are for reading beside them.
+    """
+    ok = ok_trials(trials)
     rows = []
-    for claim, (text, parts) in CLAIMS.items():
-        for i, part in enumerate(parts):
+    for claim_id, claim in CLAIMS.items():
+        for i, part in enumerate(claim.parts, 1):
             if isinstance(part, Correlation):
-                result, note = _run_correlation(ok, part)
-            else:
-                result, note = _run_paired(ok, part)
-            part_verdict = verdict(result.value, result.p_value, part.sign)
-            if part_verdict == "inconclusive" and not note:
-                if result.n_needed is None:
-                    note = "no effect observed; no n would show the claimed direction"
+                x, y = part.x, part.y
+                if x == "mi_mm" and ("mi_mm" not in ok or ok["mi_mm"].isna().all()):
+                    x, note_mi = "mi", "plug-in MI: these results have no Miller–Madow column"
                 else:
-                    note = f"n = {result.n}; about {result.n_needed} units would detect the observed effect (80% power)"
-            extra = _NOTES.get((claim, i))
+                    note_mi = ""
+                strata = part.strata(ok)
+                result, note = _run_correlation(ok, part, x, y, strata)
+                note = "; ".join(s for s in (note, note_mi) if s)
+                rows.append(
+                    _row(
+                        claim_id,
+                        i,
+                        PRIMARY,
+                        part.describe(x, y),
+                        _strata_text(strata),
+                        part.sign,
+                        result,
+                        note,
+                    )
+                )
+                if part.by_student_aug:
+                    pooled = part.strata(ok, pooled=True)
+                    result, note = _run_correlation(ok, part, x, y, pooled)
+                    rows.append(
+                        _row(
+                            claim_id,
+                            i,
+                            POOLED,
+                            part.describe(x, y),
+                            _strata_text(pooled),
+                            part.sign,
+                            result,
+                            note,
+                        )
+                    )
+                if part.val_columns:
+                    vx, vy = part.val_columns
+                    if vx == "val_mi_mm" and note_mi:
+                        vx = "val_mi"
+                    result, note = _run_correlation(ok, part, vx, vy, strata)
+                    rows.append(
+                        _row(
+                            claim_id,
+                            i,
+                            VAL_SPLIT,
+                            part.describe(vx, vy),
+                            _strata_text(strata),
+                            part.sign,
+                            result,
+                            note,
+                        )
+                    )
+            else:
+                pairs, note = _pairs(ok, part)
+                if pairs.empty:
+                    result = EMPTY
+                elif isinstance(part, Equivalent):
+                    result = equivalence_test(pairs, part.margin)
+                else:
+                    result = paired_test(pairs)
+                rows.append(_row(claim_id, i, PRIMARY, part.describe(), "paired", part.sign, result, note))
+        for part in claim.context:
+            pairs, note = _pairs(ok, part)
+            result = paired_test(pairs) if not pairs.empty else EMPTY
             rows.append(
-                {
-                    "claim": claim,
-                    "part": i + 1,
-                    "claim_text": text,
-                    "statistic": part.describe(),
-                    "expected_sign": part.sign,
-                    "value": result.value,
-                    "p_value": result.p_value,
-                    "p_eq9": result.p_eq9,
-                    "ci_low": result.ci_low,
-                    "ci_high": result.ci_high,
-                    "n": result.n,
-                    "n_needed": result.n_needed,
-                    "verdict": part_verdict,
-                    "note": "; ".join(s for s in (note, extra) if s),
-                }
+                _row(
+                    claim_id,
+                    len(claim.parts) + 1,
+                    CONTEXT,
+                    part.describe(),
+                    "paired",
+                    part.sign,
+                    result,
+                    note,
+                )
             )
     return pd.DataFrame(rows)
 
 
-def _combine(parts: pd.DataFrame) -> dict:
+def _decision(parts: pd.DataFrame) -> tuple[float, str, pd.Series]:
+    """The claim's raw p-value, the direction it would decide, and its decisive part.
+
+    All parts in the paper's direction: intersection-union, p = the largest part p. Some part
+    against it: Bonferroni over the claim's m parts, p = m × the smallest such part p.
+    """
     m = len(parts)
-    against = parts[(parts["p_value"] < ALPHA / m) & (parts["value"] * parts["expected_sign"] < 0)]
+    against = parts[
+        ((parts["expected_sign"] != 0) & (parts["value"] * parts["expected_sign"] < 0))
+        | ((parts["expected_sign"] == 0) & (parts["p_against"] < parts["p_value"]))
+    ]
     if not against.empty:
-        decisive, verdict_ = against.sort_values("p_value").iloc[0], "contradicted"
-    elif (parts["verdict"] == "supported").all():
-        decisive, verdict_ = parts.sort_values("p_value").iloc[-1], "supported"
-    else:
-        weak = parts[parts["verdict"] != "supported"]
-        decisive, verdict_ = weak.sort_values("p_value", na_position="last").iloc[-1], "inconclusive"
-    row = decisive.to_dict()
-    row["verdict"] = verdict_
-    if verdict_ == "inconclusive":
-        needed = parts.loc[parts["verdict"] != "supported", "n_needed"]
-        row["n_needed"] = None if needed.isna().any() else int(needed.max())
-    else:
-        row["n_needed"] = None
-    if m > 1:
-        others = "; ".join(f"part {r.part}: {r.verdict} (p = {r.p_value:.3g})" for r in parts.itertuples())
-        row["note"] = "; ".join(s for s in (row["note"], others) if s)
-    return row
+        p_against = against["p_value"].where(against["expected_sign"] != 0, against["p_against"])
+        decisive = against.loc[p_against.idxmin()]
+        return min(1.0, m * float(p_against.min())), "contradicted", decisive
+    if parts["p_value"].isna().any():
+        return math.nan, "inconclusive", parts[parts["p_value"].isna()].iloc[0]
+    decisive = parts.loc[parts["p_value"].idxmax()]
+    return float(decisive["p_value"]), "supported", decisive
+
+
+def _pooled_note(claim_parts_: pd.DataFrame) -> str:
+    """Pooled versus within-stratum answers, in words, for parts tested both ways."""
+    notes = []
+    for part, rows in claim_parts_.groupby("part"):
+        by_role = rows.set_index("role")
+        if POOLED not in by_role.index:
+            continue
+        within, pooled = by_role.loc[PRIMARY], by_role.loc[POOLED]
+        w, p = within["verdict"], pooled["verdict"]
+        prefix = f"part {part}: " if claim_parts_["part"].nunique() > 1 else ""
+        if w == p:
+            text = f"pooled and within-augmentation agree ({w})"
+        elif p != "inconclusive" and w == "inconclusive":
+            text = "pooled trend only: explained by the student's augmentation"
+        elif w != "inconclusive" and p == "inconclusive":
+            text = "within-augmentation trend, masked when pooled"
+        else:
+            text = f"pooled {p}, within-augmentation {w}: the student's augmentation reverses the trend"
+        notes.append(f"{prefix}{text} (pooled ρ = {pooled['value']:.2f}, p = {pooled['p_value']:.3g})")
+    return "; ".join(notes)
+
+
+def _robustness_note(claim_parts_: pd.DataFrame) -> str:
+    rows = claim_parts_[claim_parts_["role"].isin([VAL_SPLIT, CONTEXT])]
+    notes = []
+    for r in rows.itertuples():
+        what = "clean val split" if r.role == VAL_SPLIT else r.statistic.split(",")[1].strip().split(" (")[0]
+        value = "–" if not math.isfinite(r.value) else f"{r.value:.3g}"
+        p = "–" if not math.isfinite(r.p_value) else f"{r.p_value:.3g}"
+        notes.append(f"{what}: {value}, p = {p} ({r.verdict})" if not r.note else f"{what}: {r.note}")
+    return "; ".join(notes)
 
 
 def claims_check(trials: pd.DataFrame) -> pd.DataFrame:
@@ -227,29 +508,61 @@ def claims_check(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize_claims(parts: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim (C1-C7): verdict, statistic, value, p-value, 95% CI, n, n needed.
+    """One row per claim (C1-C7): verdict, raw and Holm p-values, effect, 95% CI, n, strata, notes.
 
-    For a claim of several parts, the statistic shown is its decisive part: the one that
-    contradicts it, or else its weakest (largest p) part; ``note`` lists every part.
+    The statistic shown is the claim's decisive part: the one that contradicts it, or else its
+    weakest (largest p) part; ``note`` lists every part. ``p_holm`` is Holm's adjustment of
+    ``p_value`` over the claims that could be tested, and decides the verdict at alpha = 0.05.
 
     Args:
         parts: the output of :func:`claim_parts`.
     """
-    rows = [_combine(group) for _, group in parts.groupby("claim", sort=False)]
+    rows = []
+    for claim_id, group in parts.groupby("claim", sort=False):
+        primary = group[group["role"] == PRIMARY]
+        p, direction, decisive = _decision(primary)
+        row = decisive.to_dict()
+        row.update(claim=claim_id, p_value=p, direction=direction, unit=CLAIMS[claim_id].unit)
+        row["strata"] = "; ".join(dict.fromkeys(primary["strata"]))
+        row["n"] = int(primary["n"].min())
+        row["pooled"] = _pooled_note(group) or (
+            "paired within the same teachers and data stream: nothing pooled"
+            if (primary["strata"] == "paired").all()
+            else "pooled over the student's augmentation by design (see method)"
+        )
+        row["robustness"] = _robustness_note(group)
+        notes = [row["note"], CLAIMS[claim_id].note]
+        if len(primary) > 1:
+            notes.append(
+                "; ".join(f"part {r.part}: {r.verdict} (p = {r.p_value:.3g})" for r in primary.itertuples())
+            )
+        row["note"] = "; ".join(s for s in notes if s)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["p_value"].to_numpy())
+    significant = out["p_holm"] < ALPHA
+    out["verdict"] = np.where(significant, out["direction"], "inconclusive")
+    out.loc[out["verdict"] == "supported", "n_needed"] = None
+    out.loc[out["verdict"] == "contradicted", "n_needed"] = None
     columns = [
         "claim",
         "claim_text",
         "verdict",
         "statistic",
+        "unit",
+        "strata",
         "value",
         "p_value",
+        "p_holm",
         "p_eq9",
         "ci_low",
         "ci_high",
         "n",
         "n_needed",
+        "pooled",
+        "robustness",
         "note",
     ]
-    out = pd.DataFrame(rows)[columns]
+    out = out[columns]
     out["n_needed"] = out["n_needed"].astype("Int64")
     return out

@@ -1,21 +1,33 @@
-"""Statistics of the claims check: rank correlations, paired tests, eq. 9, bootstrap, power.
+"""Statistics of the claims check: stratified rank correlations, paired and equivalence tests,
+Holm's adjustment, eq. 9, bootstrap intervals and power.
 
-Conventions, fixed in advance and never tuned to the data:
+Conventions, fixed in advance and never tuned to the data (docs/claims.md says why each):
 
-* alpha = 0.05, two-sided tests; a verdict needs the direction the paper states.
+* alpha = 0.05, two-sided tests; a verdict needs the direction the paper states, and the seven
+  claims are one family: Holm-adjusted p-values decide the verdicts (:func:`holm`).
 * The unit is a configuration (a trial without its seed): seeds are averaged first, so more
   seeds sharpen each unit instead of inflating n.
 * Confidence intervals are 95% percentile intervals of a two-level bootstrap (units resampled
   within their stratum, then each unit's seeds resampled), 2000 draws, seeded.
-* Rank correlations are *stratified Spearman*: ranks are taken within a stratum (one dataset,
-  architecture pair, loss, ...) and pooled, so that one dataset's higher accuracy does not
-  masquerade as a trend. With a single stratum this is exactly Spearman's rho. Its p-value is
-  a permutation test that shuffles within strata (9999 permutations, seeded), which is exact in
-  small samples where scipy's t approximation is not.
+* A rank correlation is tested within strata (one dataset, architecture pair, teacher count,
+  ...). Each stratum gets Spearman's rho and its exact permutation distribution (all n!
+  orderings up to n = 8, else 9999 seeded draws); its one-sided mid-p becomes a z-score, and the
+  strata are combined by **weighted Stouffer** (Liptak) with weights sqrt(n_s - 1), the inverse
+  null standard deviation of Spearman's rho. The effect shown is the matching weighted mean of
+  the strata's rho (weights n_s - 1), so a stratum counts in proportion to its information,
+  not to n_s^3 as pooled centred ranks would make it.
+* Strata that share teacher models (same dataset and teacher architecture: different teacher
+  counts or student augmentations reuse T1, T2, ...) are not independent. Within such a *block*
+  the z-scores are averaged with their weights (sum w z / sum w), which is a valid z-score for any
+  correlation between them (its variance is at most 1); blocks are independent and combine by
+  weighted Stouffer. With a single stratum the p-value is that stratum's exact permutation
+  p-value.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -27,9 +39,12 @@ ALPHA = 0.05
 POWER = 0.8
 N_BOOT = 2000
 N_PERM = 9999
+# Strata up to this size get their exact permutation distribution (8! = 40320 orderings).
+EXACT_MAX_N = 8
 RNG_SEED = 0
 # Asymptotic relative efficiency of the Wilcoxon signed-rank test to the t test (normal data).
 _WILCOXON_ARE = 3 / math.pi
+_TOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -37,12 +52,15 @@ class TestResult:
     """One test of one claim part.
 
     Attributes:
-        value: the effect (rho, or Hodges-Lehmann paired difference); NaN without data.
-        p_value: two-sided p-value.
+        value: the effect (weighted mean rho, or Hodges-Lehmann paired difference); NaN without data.
+        p_value: two-sided p-value (for an equivalence test: the TOST p-value).
         ci_low, ci_high: 95% bootstrap interval of ``value``.
         n: number of units (configurations, or pairs of them).
         n_needed: units needed to detect ``value`` with 80% power at alpha (None if no effect).
         p_eq9: the paper's eq. 9 p-value, for paired comparisons.
+        n_strata: strata that entered the test.
+        p_against: for an equivalence test, the one-sided p-value that the difference lies
+            beyond the margin on the harmful side (NaN otherwise).
     """
 
     value: float
@@ -52,6 +70,11 @@ class TestResult:
     n: int
     n_needed: int | None
     p_eq9: float = math.nan
+    n_strata: int = 0
+    p_against: float = math.nan
+
+
+EMPTY = TestResult(math.nan, math.nan, math.nan, math.nan, 0, None)
 
 
 def verdict(value: float, p_value: float, expected_sign: int, alpha: float = ALPHA) -> str:
@@ -60,6 +83,21 @@ def verdict(value: float, p_value: float, expected_sign: int, alpha: float = ALP
     if not (np.isfinite(value) and np.isfinite(p_value)) or p_value >= alpha or value == 0:
         return "inconclusive"
     return "supported" if np.sign(value) == expected_sign else "contradicted"
+
+
+def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error rate); NaN entries stay NaN and do
+    not count towards the family size."""
+    p = np.asarray(p_values, float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = idx.size
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
 
 
 def _z(q: float) -> float:
@@ -124,7 +162,10 @@ def _units(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, list[np
 def _bootstrap_means(
     values: np.ndarray, counts: np.ndarray, strata: list[np.ndarray], rng: np.random.Generator
 ) -> np.ndarray:
-    """(N_BOOT, units, columns) unit means of a two-level bootstrap resample."""
+    """(N_BOOT, units, columns) unit means of a two-level bootstrap resample.
+
+    Strata are concatenated in order, so stratum i occupies a contiguous block of the units axis.
+    """
     n_units, max_seeds, _ = values.shape
     seed_idx = np.floor(rng.random((N_BOOT, n_units, max_seeds)) * counts[None, :, None]).astype(int)
     valid = np.arange(max_seeds)[None, None, :] < counts[None, :, None]
@@ -134,64 +175,137 @@ def _bootstrap_means(
     return np.take_along_axis(means, unit_idx[..., None], axis=1)
 
 
-def _centered_ranks(a: np.ndarray, strata: list[np.ndarray]) -> list[np.ndarray]:
-    out = []
-    for idx in strata:
-        r = stats.rankdata(a[..., idx], axis=-1)
-        out.append(r - r.mean(axis=-1, keepdims=True))
-    return out
+def _centered_ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks along the last axis, centred (Spearman's rho is their Pearson correlation)."""
+    r = stats.rankdata(a, axis=-1)
+    return r - r.mean(axis=-1, keepdims=True)
 
 
-def _pooled_rho(rx: list[np.ndarray], ry: list[np.ndarray]) -> np.ndarray:
-    sxy = sum((a * b).sum(axis=-1) for a, b in zip(rx, ry, strict=True))
-    sxx = sum((a * a).sum(axis=-1) for a in rx)
-    syy = sum((b * b).sum(axis=-1) for b in ry)
+def _rho(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Pearson correlation of centred rank vectors along the last axis."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return sxy / np.sqrt(sxx * syy)
+        return (rx * ry).sum(axis=-1) / np.sqrt((rx * rx).sum(axis=-1) * (ry * ry).sum(axis=-1))
 
 
-def stratified_spearman(x: np.ndarray, y: np.ndarray, strata: np.ndarray) -> float:
-    """Spearman's rho of ranks taken within strata; equals scipy's spearmanr for one stratum."""
-    groups = [np.flatnonzero(strata == s) for s in pd.unique(strata)]
-    return float(
-        _pooled_rho(
-            _centered_ranks(np.asarray(x, float), groups), _centered_ranks(np.asarray(y, float), groups)
-        )
+@functools.lru_cache(maxsize=EXACT_MAX_N)
+def _all_orderings(n: int) -> np.ndarray:
+    """Every permutation of range(n), (n!, n): the exact null of a stratum of n units."""
+    return np.array(list(itertools.permutations(range(n))))
+
+
+@dataclass(frozen=True)
+class StratumTest:
+    """Spearman's rho of one stratum against its permutation distribution."""
+
+    n: int
+    rho: float
+    p_two_sided: float  # 2 * min(P(null <= rho), P(null >= rho)), capped at 1 (scipy's convention)
+    z: float  # the one-sided mid-p as a standard normal score, positive for rho > 0
+
+
+def stratum_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> StratumTest:
+    """Spearman's rho of ``x`` and ``y`` with its exact (n <= 8) or Monte Carlo permutation null."""
+    rx, ry = _centered_ranks(np.asarray(x, float)), _centered_ranks(np.asarray(y, float))
+    n = rx.size
+    rho = float(_rho(rx, ry))
+    if not math.isfinite(rho):
+        return StratumTest(n, math.nan, math.nan, math.nan)
+    if n <= EXACT_MAX_N:
+        null = _rho(rx[None, :], ry[_all_orderings(n)])
+        greater = np.mean(null > rho + _TOL)
+        equal = np.mean(np.abs(null - rho) <= _TOL)
+        less = np.mean(null < rho - _TOL)
+        mid = greater + equal / 2
+    else:
+        orders = rng.permuted(np.tile(np.arange(n), (N_PERM, 1)), axis=1)
+        null = _rho(rx[None, :], ry[orders])
+        n_greater = np.sum(null > rho + _TOL)
+        n_equal = np.sum(np.abs(null - rho) <= _TOL)
+        n_less = np.sum(null < rho - _TOL)
+        # The observed ordering is one draw of the null (Phipson & Smyth), so no p is 0.
+        greater, equal, less = n_greater / (N_PERM + 1), (n_equal + 1) / (N_PERM + 1), n_less / (N_PERM + 1)
+        mid = greater + equal / 2
+    p_two = min(1.0, 2 * min(greater + equal, less + equal))
+    return StratumTest(n, rho, float(p_two), float(-stats.norm.ppf(mid)))
+
+
+def combine_strata(tests: list[StratumTest], blocks: list[object]) -> tuple[float, float]:
+    """(weighted mean rho, two-sided p) of stratum tests; ``blocks[i]`` names the block of test i.
+
+    Within a block the weighted z-scores are averaged (valid under any dependence); blocks are
+    combined by weighted Stouffer. A single stratum keeps its exact permutation p-value.
+    """
+    if len(tests) == 1:
+        return tests[0].rho, tests[0].p_two_sided
+    rho_weights = np.array([t.n - 1 for t in tests], float)
+    rho_bar = float(np.sum(rho_weights * [t.rho for t in tests]) / rho_weights.sum())
+    z_blocks, w_blocks = [], []
+    for block in pd.unique(pd.Series(blocks, dtype=object)):
+        members = [t for t, b in zip(tests, blocks, strict=True) if b == block]
+        w = np.sqrt([t.n - 1 for t in members])
+        z_blocks.append(float(np.sum(w * [t.z for t in members]) / w.sum()))
+        w_blocks.append(float(w.sum()))
+    w_blocks_arr = np.array(w_blocks)
+    z = float(np.sum(w_blocks_arr * z_blocks) / np.sqrt(np.sum(w_blocks_arr**2)))
+    return rho_bar, float(2 * stats.norm.sf(abs(z)))
+
+
+def _weighted_rho_of_draws(boot: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """Weighted mean rho (weights n_s - 1) of each bootstrap draw; strata are contiguous blocks."""
+    offsets = np.cumsum([0, *sizes])
+    rhos = np.stack(
+        [
+            _rho(_centered_ranks(boot[:, a:b, 0]), _centered_ranks(boot[:, a:b, 1]))
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ],
+        axis=1,
     )
+    weights = np.array(sizes, float) - 1
+    ok = np.isfinite(rhos)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, rhos, 0) @ weights / (ok * weights).sum(axis=1)
 
 
 def rank_correlation_test(frame: pd.DataFrame) -> TestResult:
     """Stratified Spearman test of ``x`` vs ``y`` over units, seeds averaged.
 
     Args:
-        frame: one row per trial with columns ``unit`` (configuration id), ``stratum``, ``x``, ``y``.
+        frame: one row per trial with columns ``unit`` (configuration id), ``stratum``, ``x``,
+            ``y`` and optionally ``block`` (strata of one block share teacher models; default:
+            every stratum its own block).
     """
     frame = frame.dropna(subset=["x", "y"])
     if frame.empty:
-        return TestResult(math.nan, math.nan, math.nan, math.nan, 0, None)
+        return EMPTY
+    if "block" not in frame:
+        frame = frame.assign(block=frame["stratum"])
     values, strata, counts = _units(frame, ["x", "y"])
-    strata = [idx for idx in strata if idx.size >= 2]
-    n = int(sum(idx.size for idx in strata))
-    if n < 3:
-        return TestResult(math.nan, math.nan, math.nan, math.nan, n, 5)
+    block_of = frame.drop_duplicates("stratum").set_index("stratum")["block"]
+    # _units numbers units in sorted order; each stratum's key is that of its first unit.
+    codes, _ = pd.factorize(frame["unit"], sort=True)
+    stratum_of_unit = frame.groupby(codes)["stratum"].first().to_numpy()
+    strata_keys = [stratum_of_unit[idx[0]] for idx in strata]
     means = np.nanmean(values, axis=1)
-    rx, ry = _centered_ranks(means[:, 0], strata), _centered_ranks(means[:, 1], strata)
-    rho = float(_pooled_rho(rx, ry))
-    if not np.isfinite(rho):
-        return TestResult(math.nan, math.nan, math.nan, math.nan, n, None)
     rng = np.random.default_rng(RNG_SEED)
-    perm_ry = [r[rng.permuted(np.tile(np.arange(r.size), (N_PERM, 1)), axis=1)] for r in ry]
-    null = _pooled_rho([r[None, :] for r in rx], perm_ry)
-    p = float((1 + np.sum(np.abs(null) >= abs(rho) - 1e-12)) / (N_PERM + 1))
-    boot = _bootstrap_means(values, counts, strata, rng)
-    # The bootstrap concatenates strata in order, so stratum i occupies a contiguous block.
-    offsets = np.cumsum([0] + [idx.size for idx in strata])
-    local = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(strata))]
-    boot_rho = _pooled_rho(_centered_ranks(boot[..., 0], local), _centered_ranks(boot[..., 1], local))
+    kept, tests, blocks = [], [], []
+    for idx, key in zip(strata, strata_keys, strict=True):
+        if idx.size < 3:
+            continue
+        test = stratum_test(means[idx, 0], means[idx, 1], rng)
+        if math.isfinite(test.rho):
+            kept.append(idx)
+            tests.append(test)
+            blocks.append(block_of[key])
+    n = int(sum(idx.size for idx in kept))
+    if not tests:
+        return TestResult(math.nan, math.nan, math.nan, math.nan, n, 5 if n < 3 else None)
+    rho, p = combine_strata(tests, blocks)
+    boot = _bootstrap_means(values, counts, kept, rng)
+    boot_rho = _weighted_rho_of_draws(boot, [idx.size for idx in kept])
     low, high = (
         np.nanpercentile(boot_rho, [2.5, 97.5]) if np.isfinite(boot_rho).any() else (math.nan, math.nan)
     )
-    return TestResult(rho, p, float(low), float(high), n, n_needed_correlation(rho))
+    return TestResult(rho, p, float(low), float(high), n, n_needed_correlation(rho), n_strata=len(tests))
 
 
 def hodges_lehmann(diffs: np.ndarray) -> float:
@@ -200,25 +314,18 @@ def hodges_lehmann(diffs: np.ndarray) -> float:
     return float(np.median((diffs[i] + diffs[j]) / 2))
 
 
-def paired_test(frame: pd.DataFrame) -> TestResult:
-    """Wilcoxon signed-rank test of paired differences ``treated − control``, seeds averaged.
-
-    Args:
-        frame: one row per paired trial (same configuration and seed but for the factor under
-            test) with columns ``unit``, ``stratum``, ``treated``, ``control``.
-    """
-    frame = frame.dropna(subset=["treated", "control"])
-    if frame.empty:
-        return TestResult(math.nan, math.nan, math.nan, math.nan, 0, None)
-    p_eq9 = eq9_p_value(frame["treated"].to_numpy(), frame["control"].to_numpy())
+def _paired_diffs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+    """Unit-level mean differences ``treated − control`` and the bootstrap layout."""
     frame = frame.assign(d=frame["treated"] - frame["control"], stratum=0)
     values, strata, counts = _units(frame, ["d"])
-    diffs = np.nanmean(values[..., 0], axis=1)
-    n = int(diffs.size)
-    value = hodges_lehmann(diffs)
-    p = 1.0 if np.all(diffs == 0) else float(stats.wilcoxon(diffs, alternative="two-sided").pvalue)
+    return np.nanmean(values[..., 0], axis=1), values, strata, counts
+
+
+def _bootstrap_hl(values: np.ndarray, counts: np.ndarray, strata: list[np.ndarray]) -> tuple[float, float]:
+    """95% interval of the Hodges-Lehmann estimate over a two-level bootstrap."""
     rng = np.random.default_rng(RNG_SEED)
     boot = _bootstrap_means(values, counts, strata, rng)[..., 0]
+    n = boot.shape[1]
     # The Hodges-Lehmann estimate of each draw, vectorised over chunks of draws to bound memory.
     i, j = np.triu_indices(n)
     chunk = max(1, 4_000_000 // i.size)
@@ -226,4 +333,62 @@ def paired_test(frame: pd.DataFrame) -> TestResult:
         [np.median((b[:, i] + b[:, j]) / 2, axis=1) for b in np.split(boot, range(chunk, N_BOOT, chunk))]
     )
     low, high = np.percentile(boot_hl, [2.5, 97.5])
-    return TestResult(value, p, float(low), float(high), n, n_needed_paired(diffs), p_eq9)
+    return float(low), float(high)
+
+
+def _wilcoxon(diffs: np.ndarray, alternative: str) -> float:
+    """scipy's Wilcoxon signed-rank p-value; 1 when every difference is zero (no evidence)."""
+    if np.all(diffs == 0):
+        return 1.0
+    return float(stats.wilcoxon(diffs, alternative=alternative).pvalue)
+
+
+def paired_test(frame: pd.DataFrame) -> TestResult:
+    """Wilcoxon signed-rank test of paired differences ``treated − control``, seeds averaged.
+
+    Args:
+        frame: one row per paired trial (same configuration and seed but for the factor under
+            test) with columns ``unit``, ``treated``, ``control``.
+    """
+    frame = frame.dropna(subset=["treated", "control"])
+    if frame.empty:
+        return EMPTY
+    p_eq9 = eq9_p_value(frame["treated"].to_numpy(), frame["control"].to_numpy())
+    diffs, values, strata, counts = _paired_diffs(frame)
+    low, high = _bootstrap_hl(values, counts, strata)
+    return TestResult(
+        hodges_lehmann(diffs),
+        _wilcoxon(diffs, "two-sided"),
+        low,
+        high,
+        int(diffs.size),
+        n_needed_paired(diffs),
+        p_eq9,
+        n_strata=1,
+    )
+
+
+def equivalence_test(frame: pd.DataFrame, margin: float) -> TestResult:
+    """Two one-sided Wilcoxon tests (TOST) that ``treated − control`` lies within ±``margin``.
+
+    ``p_value`` is the larger of the two one-sided p-values (H0: difference <= −margin, and H0:
+    difference >= +margin); ``p_against`` is the one-sided p-value that the difference is below
+    −margin (the treatment significantly worse than the margin allows).
+    """
+    frame = frame.dropna(subset=["treated", "control"])
+    if frame.empty:
+        return EMPTY
+    diffs, values, strata, counts = _paired_diffs(frame)
+    p_low = _wilcoxon(diffs + margin, "greater")
+    p_high = _wilcoxon(diffs - margin, "less")
+    low, high = _bootstrap_hl(values, counts, strata)
+    return TestResult(
+        hodges_lehmann(diffs),
+        max(p_low, p_high),
+        low,
+        high,
+        int(diffs.size),
+        None,
+        n_strata=1,
+        p_against=_wilcoxon(diffs + margin, "less"),
+    )
