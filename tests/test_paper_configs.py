@@ -74,6 +74,7 @@ PAPER_GRIDS: dict[str, Grid] = {
     "imagenet_lt_ab.yaml": AB,
     "cifar100_lt_vit.yaml": Grid(teacher_counts=(2,), losses=1, views=1),
     "demo.yaml": Grid(teacher_counts=(2,), losses=2, views=1),
+    "digits_study.yaml": Grid(teacher_counts=(1, 2, 3), losses=2, views=2, seeds=3),
 }
 
 
