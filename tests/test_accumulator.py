@@ -57,6 +57,7 @@ def stream(acc, data, rows=None, *, maps=True, student_maps=True, loss=True):
 def functional_metrics(data):
     student, teachers, y, s_maps, t_maps, losses = data
     ens = metrics.ensemble_logits(teachers)
+    probmean = metrics.ensemble_log_probs(teachers)
     size = (7, 7)
     pairs = [metrics.attention_iou(a, b, size=size) for a, b in combinations(t_maps, 2)]
     out = {
@@ -69,6 +70,10 @@ def functional_metrics(data):
         "ece": metrics.expected_calibration_error(student, y),
         "iou_teachers": sum(pairs) / len(pairs) if pairs else math.nan,
         "iou_student": sum(metrics.attention_iou(t, s_maps, size=size) for t in t_maps) / len(t_maps),
+        "mi_mm": metrics.mutual_information(ens, student, C, correction="miller_madow"),
+        "agreement_probmean": metrics.top1_agreement(probmean, student),
+        "kl_probmean": metrics.mean_kl(probmean, student),
+        "acc_ensemble": metrics.top1_agreement(ens, y),
     }
     for i, t in enumerate(teachers, start=1):
         out[teacher_metric("acc", i)] = metrics.top1_agreement(t, y)
@@ -97,6 +102,42 @@ def test_streaming_equals_functional_on_concatenated_data(k):
     assert_same(got, functional_metrics(data))
     for row, want in zip(acc.calibration(), metrics.calibration_curve(data[0], data[2]), strict=True):
         assert row == pytest.approx(want, nan_ok=True)
+
+
+def test_ensemble_targets_and_corrected_mi_hand_computed():
+    # Two samples in two batches. Sample 1: the teachers' mean logits [0, -4, 1/4] pick class 2,
+    # their mean probabilities (~[0.242, 0.394, 0.365]) class 1, the student and the label 1.
+    # Sample 2: both teachers and the label say 0, the student 2.
+    t1 = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    t2 = torch.tensor([[0.0, -10.0, 0.5], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    s = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([1, 0])
+    acc = SplitMetrics(3, 2)
+    for i in (0, 1):
+        acc.update(s[i : i + 1], [t1[i : i + 1], t2[i : i + 1]], y[i : i + 1])
+    got = acc.compute()
+    assert got["acc"] == 0.5 and got["agreement"] == 0.0
+    assert got["agreement_probmean"] == 0.5  # sample 1 only
+    assert got["acc_ensemble"] == 0.5  # mean of logits: wrong on sample 1, right on sample 2
+    # Contingency (ensemble, student): (2, 1) and (0, 2): MI = ln 2; 2 rows, 2 columns and
+    # 2 joint cells non-empty, N = 2: Miller-Madow adds (1 + 1 - 1) / 4.
+    assert got["mi"] == pytest.approx(math.log(2), rel=1e-12)
+    assert got["mi_mm"] == pytest.approx(math.log(2) + 0.25, rel=1e-12)
+    e = math.e
+    z2 = 1 + e**-10 + e**0.5
+    pbar = [(1 / (e**2 + 2) + 1 / z2) / 2, (e**2 / (e**2 + 2) + e**-10 / z2) / 2]
+    pbar.append(1 - sum(pbar))
+    q1 = [1 / (e + 2), e / (e + 2), 1 / (e + 2)]
+    kl_1 = sum(p * math.log(p / q) for p, q in zip(pbar, q1, strict=True))
+    kl_2 = (e - 1) / (e + 2)  # p = (e, 1, 1)/(e+2), q = (1, 1, e)/(e+2): (e·1 + 1·(-1)) / (e+2)
+    assert got["kl_probmean"] == pytest.approx((kl_1 + kl_2) / 2, rel=1e-12)
+
+
+def test_one_teacher_both_ensemble_targets_agree():
+    got = stream(SplitMetrics(C, 1), make_data(1, seed=5)).compute()
+    assert got["agreement_probmean"] == got["agreement"]
+    assert got["kl_probmean"] == pytest.approx(got["kl"], rel=1e-12)
+    assert got["acc_ensemble"] == got["acc_t1"]
 
 
 def test_maps_on_a_given_grid():

@@ -93,6 +93,89 @@ def test_mutual_information_accepts_logits():
     assert metrics.mutual_information(a, b, C) == pytest.approx(want, rel=1e-10)
 
 
+def test_mutual_information_miller_madow_hand_computed():
+    # Pairs (a, b): (0,0) x3, (0,1), (1,1) x2, (2,2); N = 7. Rows 4, 2, 1; columns 3, 3, 1.
+    a, b = [0, 0, 0, 0, 1, 1, 2], [0, 0, 0, 1, 1, 1, 2]
+    plug_in = (
+        3 / 7 * math.log((3 / 7) / (4 / 7 * 3 / 7))
+        + 1 / 7 * math.log((1 / 7) / (4 / 7 * 3 / 7))
+        + 2 / 7 * math.log((2 / 7) / (2 / 7 * 3 / 7))
+        + 1 / 7 * math.log((1 / 7) / (1 / 7 * 1 / 7))
+    )
+    # Non-empty cells: 3 rows, 3 columns, 4 joint: ((3-1) + (3-1) - (4-1)) / (2 * 7) = 1/14.
+    assert metrics.mutual_information(a, b, 3) == pytest.approx(plug_in, rel=1e-12)
+    assert metrics.mutual_information(a, b, 3, correction="miller_madow") == pytest.approx(
+        plug_in + 1 / 14, rel=1e-12
+    )
+    # Perfect dependence over 2 labels, N = 4: (1 + 1 - 1) / 8 on top of ln 2.
+    mm = metrics.mutual_information([0, 1, 0, 1], [1, 0, 1, 0], 2, correction="miller_madow")
+    assert mm == pytest.approx(math.log(2) + 1 / 8, rel=1e-12)
+    assert fn.miller_madow_bias(torch.tensor([3.0, 0.0, 1.0])) == pytest.approx(1 / 8)
+    assert math.isnan(metrics.mutual_information([], [], 3, correction="miller_madow"))
+    with pytest.raises(ValueError, match="correction"):
+        metrics.mutual_information(a, b, 3, correction="jackknife")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mutual_information_miller_madow_matches_scipy_entropies(seed):
+    # Independent route: H(X) + H(Y) - H(X, Y) from scipy's entropies of the counts, each plus
+    # its own (non-empty cells - 1) / (2N).
+    rng = np.random.default_rng(seed)
+    n, c = 150, 9
+    a = rng.integers(0, c, n)
+    b = np.where(rng.random(n) < 0.5, a, rng.integers(0, c, n))
+    joint = np.zeros((c, c))
+    np.add.at(joint, (a, b), 1)
+
+    def h_mm(counts):
+        counts = counts[counts > 0]
+        return scipy.stats.entropy(counts) + (len(counts) - 1) / (2 * n)
+
+    want = h_mm(joint.sum(axis=1)) + h_mm(joint.sum(axis=0)) - h_mm(joint.ravel())
+    got = metrics.mutual_information(a, b, c, correction="miller_madow")
+    assert got == pytest.approx(want, rel=1e-10)
+    # The correction lowers the estimate here: the joint table has more non-empty cells.
+    plug_in = metrics.mutual_information(a, b, c)
+    assert plug_in == pytest.approx(mutual_info_score(a, b), rel=1e-10) and got < plug_in
+
+
+# --- the probability-mean ensemble --------------------------------------------------------------
+
+
+def test_probability_mean_ensemble_hand_computed():
+    # Sample 1: the mean of logits [0, -4, 1/4] picks class 2, the mean of probabilities class 1.
+    # Sample 2: both teachers say [1, 0, 0].
+    t1 = np.array([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
+    t2 = np.array([[0.0, -10.0, 0.5], [1.0, 0.0, 0.0]])
+    s = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    e = math.e
+    p1 = [1 / (e**2 + 2), e**2 / (e**2 + 2), 1 / (e**2 + 2)]
+    z2 = 1 + e**-10 + e**0.5
+    p2 = [1 / z2, e**-10 / z2, e**0.5 / z2]
+    pbar = [(x + y) / 2 for x, y in zip(p1, p2, strict=True)]  # ~[0.242, 0.394, 0.365]
+    q = [1 / (e + 2), e / (e + 2), 1 / (e + 2)]  # softmax of the first student row
+    kl_1 = sum(p * math.log(p / qq) for p, qq in zip(pbar, q, strict=True))
+    p_second = [e / (e + 2), 1 / (e + 2), 1 / (e + 2)]
+    q_second = [1 / (e + 2), 1 / (e + 2), e / (e + 2)]
+    kl_2 = sum(p * math.log(p / qq) for p, qq in zip(p_second, q_second, strict=True))
+
+    log_pbar = metrics.ensemble_log_probs([t1, t2])
+    assert torch.allclose(log_pbar.exp()[0], torch.tensor(pbar, dtype=torch.float64), rtol=1e-12)
+    assert fn.predictions(log_pbar).tolist() == [1, 0]
+    assert fn.predictions(metrics.ensemble_logits([t1, t2])).tolist() == [2, 0]
+    assert metrics.top1_agreement(log_pbar, s) == pytest.approx(0.5)
+    assert metrics.top1_agreement(metrics.ensemble_logits([t1, t2]), s) == pytest.approx(0.0)
+    assert metrics.mean_kl(log_pbar, s) == pytest.approx((kl_1 + kl_2) / 2, rel=1e-12)
+
+
+def test_probability_mean_ensemble_of_one_teacher_is_the_teacher():
+    t, s = _logits(seed=6), _logits(seed=7)
+    log_p = metrics.ensemble_log_probs([t])
+    assert torch.equal(log_p, torch.log_softmax(t, dim=-1))
+    assert metrics.top1_agreement(log_p, s) == metrics.top1_agreement(metrics.ensemble_logits([t]), s)
+    assert metrics.mean_kl(log_p, s) == pytest.approx(metrics.mean_kl(t, s), rel=1e-12)
+
+
 # --- calibration ------------------------------------------------------------------------------
 
 

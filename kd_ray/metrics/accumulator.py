@@ -1,7 +1,8 @@
 """Streaming, DDP-reducible metrics of one split of one epoch (SPEC §2).
 
-:class:`SplitMetrics` keeps only sums (counts, correct predictions, KL and entropy sums, the
-ensemble-vs-student contingency table, calibration bins, IoU sums) in one flat float64 buffer.
+:class:`SplitMetrics` keeps only sums (counts, correct predictions, KL and entropy sums against
+both ensemble targets, the ensemble-vs-student contingency table, calibration bins, IoU sums) in
+one flat float64 buffer.
 Sums are what makes the two promises cheap: mutual information and ECE come from the tables
 accumulated over the whole split, not from averages of per-batch values, and ``all_reduce()``
 is a single ``SUM`` collective after which a 2-worker epoch reports what a 1-worker epoch over
@@ -35,6 +36,12 @@ class SplitMetrics:
     over teacher pairs and ``iou_student`` the mean IoU of the student with each teacher; both are
     then averaged over the images that had maps.
 
+    Two ensemble targets are tracked: the mean of the teachers' logits (SPEC §2's "ensemble":
+    ``agreement``, ``kl``, ``mi``, ``acc_ensemble``) and the mean of their τ = 1 probabilities
+    (:func:`~kd_ray.metrics.functional.ensemble_log_probs`: ``agreement_probmean``,
+    ``kl_probmean``), which is what the KD loss pulls towards. The teacher logits are the ones
+    the teachers produced on the batch as they saw it, i.e. under the trial's view.
+
     Args:
         num_classes: number of classes C (size of the contingency table).
         n_teachers: number of teachers k (>= 1) passed to every ``update``.
@@ -65,6 +72,9 @@ class SplitMetrics:
             "correct": (),
             "agree": (),
             "kl": (),
+            "agree_probmean": (),
+            "kl_probmean": (),
+            "ensemble_correct": (),
             "entropy": (),
             "loss": (),
             "loss_n": (),
@@ -132,6 +142,7 @@ class SplitMetrics:
             return
         teachers = [t.detach().to(student.device) for t in teacher_logits]
         ensemble = fn.ensemble_logits(teachers)
+        probmean = fn.ensemble_log_probs(teachers)
         student_pred = fn.predictions(student)
         ensemble_pred = fn.predictions(ensemble)
 
@@ -139,6 +150,9 @@ class SplitMetrics:
         v["correct"] += (student_pred == labels).sum()
         v["agree"] += (student_pred == ensemble_pred).sum()
         v["kl"] += fn.kl_per_sample(ensemble, student).sum()
+        v["agree_probmean"] += (student_pred == fn.predictions(probmean)).sum()
+        v["kl_probmean"] += fn.kl_per_sample(probmean, student).sum()
+        v["ensemble_correct"] += (ensemble_pred == labels).sum()
         v["entropy"] += fn.entropy_per_sample(student).sum()
         for i, t in enumerate(teachers):
             v["teacher_correct"][i] += (fn.predictions(t) == labels).sum()
@@ -190,9 +204,10 @@ class SplitMetrics:
     def compute(self) -> dict[str, float]:
         """The split's metrics under the names of :mod:`kd_ray.metrics.names`.
 
-        ``acc``, ``agreement``, ``kl``, ``entropy`` and the per-teacher ``acc_t{i}``,
-        ``entropy_t{i}`` are means over samples; ``mi`` and ``ece`` come from the accumulated
-        contingency table and bins. NaN marks what is undefined: every metric of an empty split,
+        ``acc``, ``agreement``, ``kl``, ``agreement_probmean``, ``kl_probmean``,
+        ``acc_ensemble``, ``entropy`` and the per-teacher ``acc_t{i}``, ``entropy_t{i}`` are means
+        over samples; ``mi`` (plug-in), ``mi_mm`` (Miller–Madow) and ``ece`` come from the
+        accumulated contingency table and bins. NaN marks what is undefined: every metric of an empty split,
         ``loss`` when no loss was given, ``iou_teachers`` for k = 1 or without maps,
         ``iou_student`` without student maps.
         """
@@ -208,6 +223,10 @@ class SplitMetrics:
             "agreement": mean(s["agree"], n),
             "kl": mean(s["kl"], n),
             "mi": fn.mutual_information_from_table(s["contingency"]),
+            "mi_mm": fn.mutual_information_from_table(s["contingency"], correction="miller_madow"),
+            "agreement_probmean": mean(s["agree_probmean"], n),
+            "kl_probmean": mean(s["kl_probmean"], n),
+            "acc_ensemble": mean(s["ensemble_correct"], n),
             "entropy": mean(s["entropy"], n),
             "ece": fn.ece_from_bins(s["bins"]),
             "iou_teachers": mean(s["iou_teachers"], float(s["iou_teachers_n"])),

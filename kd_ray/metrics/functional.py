@@ -42,6 +42,20 @@ def ensemble_logits(teacher_logits: Sequence[ArrayLike]) -> Tensor:
     return torch.stack([_logits(t) for t in teacher_logits]).mean(dim=0)
 
 
+def ensemble_log_probs(teacher_logits: Sequence[ArrayLike]) -> Tensor:
+    r"""The probability-mean ensemble: :math:`\log \frac{1}{k} \sum_i \mathrm{softmax}(t_i)` at
+    τ = 1, ``(N, C)`` float64.
+
+    These are valid logits (their softmax is the mean of the teachers' probabilities), so
+    :func:`top1_agreement` and :func:`mean_kl` take them as they take :func:`ensemble_logits`.
+    The KD loss pulls the student towards a mean of (τ-softened) probabilities, while the
+    paper's fidelity metrics use the mean of logits; on disagreeing teachers the two differ.
+    For one teacher it is ``log_softmax(t)``, with the same argmax and KL as ``t``.
+    """
+    log_p = torch.stack([F.log_softmax(_logits(t), dim=-1) for t in teacher_logits])
+    return torch.logsumexp(log_p, dim=0) - math.log(len(teacher_logits))
+
+
 # --- per-sample helpers ---------------------------------------------------------------------
 
 
@@ -71,18 +85,45 @@ def contingency_table(pred_a: ArrayLike, pred_b: ArrayLike, num_classes: int) ->
     return flat.to(torch.float64).view(num_classes, num_classes)
 
 
-def mutual_information_from_table(table: Tensor) -> float:
-    r"""Plug-in mutual information (nats) of a contingency table of counts (eq. 4).
+MI_CORRECTIONS: tuple[str | None, ...] = (None, "miller_madow")
 
-    .. math:: MI = \sum_{i,j} P_{ij} \log \frac{P_{ij}}{P_{i\cdot} P_{\cdot j}}, \quad P = n / N
+
+def miller_madow_bias(counts: Tensor) -> float:
+    r"""The Miller–Madow first-order bias of the plug-in entropy of ``counts``:
+    :math:`(m - 1) / (2N)`, with m the non-empty cells and N the total (NaN when N = 0).
+    The plug-in entropy underestimates H by about this much (Miller 1955)."""
+    total = float(counts.sum())
+    return (int((counts > 0).sum()) - 1) / (2 * total) if total else NAN
+
+
+def mutual_information_from_table(table: Tensor, correction: str | None = None) -> float:
+    r"""Mutual information (nats) of a contingency table of counts (eq. 4).
+
+    ``correction=None`` is the plug-in estimate
+
+    .. math:: MI = \sum_{i,j} P_{ij} \log \frac{P_{ij}}{P_{i\cdot} P_{\cdot j}}, \quad P = n / N,
+
+    which equals :math:`H(X) + H(Y) - H(X, Y)` of the plug-in entropies and is biased upward by
+    about (non-empty cells - 1) / (2N). ``correction="miller_madow"`` gives that same sum with
+    each entropy Miller–Madow corrected (:func:`miller_madow_bias` of the row marginal, the
+    column marginal and the joint table):
+
+    .. math:: MI_{MM} = MI + \frac{(m_X - 1) + (m_Y - 1) - (m_{XY} - 1)}{2N}.
     """
+    if correction not in MI_CORRECTIONS:
+        raise ValueError(f"correction must be one of {MI_CORRECTIONS}, got {correction!r}")
+    table = table.to(torch.float64)
     total = float(table.sum())
     if total == 0:
         return NAN
-    joint = table.to(torch.float64) / total
+    joint = table / total
     outer = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
     nz = joint > 0
-    return float((joint[nz] * (joint[nz].log() - outer[nz].log())).sum())
+    mi = float((joint[nz] * (joint[nz].log() - outer[nz].log())).sum())
+    if correction == "miller_madow":
+        mi += miller_madow_bias(table.sum(dim=1)) + miller_madow_bias(table.sum(dim=0))
+        mi -= miller_madow_bias(table)
+    return mi
 
 
 # --- calibration ----------------------------------------------------------------------------
@@ -197,16 +238,22 @@ def mean_kl(teacher_logits: ArrayLike, student_logits: ArrayLike) -> float:
     return float(kl.mean()) if kl.numel() else NAN
 
 
-def mutual_information(pred_a: ArrayLike, pred_b: ArrayLike, num_classes: int) -> float:
-    r"""Plug-in mutual information (nats) between two models' top-1 predictions (eq. 4),
-    from their ``(C, C)`` contingency table: :math:`\sum_{ij} P_{ij} \log (P_{ij} / P_i P_j)`.
+def mutual_information(
+    pred_a: ArrayLike, pred_b: ArrayLike, num_classes: int, *, correction: str | None = None
+) -> float:
+    r"""Mutual information (nats) between two models' top-1 predictions (eq. 4), from their
+    ``(C, C)`` contingency table: by default the plug-in :math:`\sum_{ij} P_{ij} \log (P_{ij} /
+    P_i P_j)`, as in the paper.
 
     Args:
         pred_a: ``(N,)`` labels or ``(N, C)`` logits of one model (e.g. the ensemble).
         pred_b: the same for the other model (e.g. the student).
         num_classes: number of classes C.
+        correction: None (plug-in) or ``"miller_madow"``: :math:`H(X) + H(Y) - H(X, Y)` with each
+            entropy Miller–Madow corrected by (non-empty cells - 1) / (2N), which removes the
+            plug-in's first-order upward bias (see :func:`mutual_information_from_table`).
     """
-    return mutual_information_from_table(contingency_table(pred_a, pred_b, num_classes))
+    return mutual_information_from_table(contingency_table(pred_a, pred_b, num_classes), correction)
 
 
 def mean_entropy(logits: ArrayLike) -> float:

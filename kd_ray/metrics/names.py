@@ -20,6 +20,15 @@ SPLIT_METRICS: tuple[str, ...] = (
     "ece",
     "iou_teachers",
     "iou_student",
+    # Miller–Madow-corrected MI (``mi`` stays the paper's plug-in estimate).
+    "mi_mm",
+    # Against the mean of the teachers' probabilities (τ = 1), the target the KD loss pulls
+    # towards; ``agreement`` and ``kl`` are against the mean of their logits.
+    "agreement_probmean",
+    "kl_probmean",
+    # Top-1 accuracy of the teacher ensemble (mean of logits) on the batch as the teachers saw
+    # it, i.e. under the trial's view.
+    "acc_ensemble",
 )
 # Per-teacher metrics, suffixed with the teacher's slot: acc_t1, entropy_t2, ...
 TEACHER_METRICS: tuple[str, ...] = ("acc", "entropy")
@@ -37,6 +46,10 @@ TRIAL_SUMMARY_SOURCE: dict[str, tuple[str, str]] = {
     "ece": ("val", "ece"),
     "iou_teachers": ("train", "iou_teachers"),
     "iou_student": ("train", "iou_student"),
+    "mi_mm": ("train", "mi_mm"),
+    "agreement_probmean": ("train", "agreement_probmean"),
+    "kl_probmean": ("train", "kl_probmean"),
+    "ensemble_acc": ("train", "acc_ensemble"),
 }
 
 

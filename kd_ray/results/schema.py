@@ -37,8 +37,10 @@ TRIAL_KEY_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("epochs", pa.int64()),
     ("wall_s", pa.float64()),
 ]
-_SUMMARY = [c for c in TRIAL_SUMMARY_SOURCE if not c.endswith("_acc")] + ["gap", "affinity"]
 _SPLIT_COLUMNS = [f"{split}_{m}" for split in SPLITS for m in _METRICS]
+# ``val_acc`` and ``train_acc`` are split columns already; ``ensemble_acc`` is not (its source is
+# ``train_acc_ensemble``).
+_SUMMARY = [c for c in TRIAL_SUMMARY_SOURCE if c not in _SPLIT_COLUMNS] + ["gap", "affinity"]
 
 TRIALS = pa.schema(TRIAL_KEY_COLUMNS + [(c, pa.float64()) for c in _SUMMARY + _SPLIT_COLUMNS])
 
