@@ -55,7 +55,7 @@ def teacher_key(teacher_id: str, view: str, slot: int, k: int) -> TeacherKey:
 
 @dataclass
 class _Student:
-    """One student trial's model, optimiser and loss."""
+    """One student trial's model, optimiser, loss, and the keys of its teachers' outputs."""
 
     trial: StudentTrial
     model: nn.Module
@@ -80,7 +80,8 @@ class DistillationRun:
 
     Args:
         cfg: the sweep.
-        trials: student trials sharing one data stream (:func:`kd_ray.plan.stream_key`).
+        trials: student trials sharing one data stream (:func:`kd_ray.plan.stream_key`), with
+            any mix of teachers, losses and views.
         datasets: the dataset's splits.
         teachers: trained teachers by id (at least every id the trials name).
         runtime: device and speed switches.
