@@ -131,17 +131,27 @@ def _digest(payload: dict) -> str:
 
 
 def teacher_spec(cfg: SweepConfig, dataset: DatasetConfig, slot: int, aug: str, seed: int) -> TeacherSpec:
-    """The teacher in ``slot`` with augmentation ``aug`` for ``dataset`` and ``seed``."""
+    """The teacher in ``slot`` with augmentation ``aug`` for ``dataset`` and ``seed``.
+
+    Its id hashes everything that changes its weights: the dataset's content, the teacher
+    section (with ``pretrained`` resolved to the exact torchvision checkpoint, so ``true`` does
+    not silently follow a new DEFAULT), slot, augmentation, seed, and the numerics it is trained
+    with (:func:`numerics`: workers, threads, device, bf16, channels-last, compile). The spec
+    carries the resolved weights name, so the workers load the checkpoint the id names.
+    """
+    arch = cfg.teacher.arch
+    pretrained = resolved_pretrained(arch, cfg.teacher.pretrained)
     content = {
         "dataset": dataset.model_dump(exclude=DATA_LOCATION_FIELDS | {"label"}),
-        "teacher": cfg.teacher.model_dump(),
+        "teacher": {**cfg.teacher.model_dump(), "pretrained": pretrained_identity(arch, pretrained)},
         "slot": slot,
         "aug": aug,
         "seed": seed,
+        "numerics": numerics(cfg, "teacher"),
     }
     name = f"T{slot}{aug}"
-    tid = f"{dataset.key}-{cfg.teacher.arch}-{name}-s{seed}-{_digest(content)}"
-    return TeacherSpec(tid, name, dataset.key, cfg.teacher.arch, slot, aug, seed, cfg.teacher.pretrained)
+    tid = f"{dataset.key}-{arch}-{name}-s{seed}-{_digest(content)}"
+    return TeacherSpec(tid, name, dataset.key, arch, slot, aug, seed, pretrained)
 
 
 def _check_names(cfg: SweepConfig) -> None:
@@ -208,3 +218,102 @@ def plan_sweep(cfg: SweepConfig, *, check_names: bool = True) -> SweepPlan:
                             )
     ordered = sorted(teachers.values(), key=lambda t: (t.dataset, t.seed, t.slot, AUGS.index(t.aug)))
     return SweepPlan(tuple(ordered), tuple(trials))
+
+
+# --- What changes a model's numbers: ids of teachers, fingerprints of checkpoints ----------------
+
+
+def torch_threads(cfg: SweepConfig) -> int:
+    """Intra-op threads of each Train worker: ``runtime.torch_threads``, else its whole CPUs."""
+    return cfg.runtime.torch_threads or max(1, int(cfg.resources.cpus_per_worker))
+
+
+def numerics(cfg: SweepConfig, role: str) -> dict[str, object]:
+    """The execution settings of a ``role`` ("teacher" or "student") run that change its numbers.
+
+    The DDP worker count (batch-norm statistics are per shard), torch threads (reduction order),
+    the device, and the runtime switches that change arithmetic. bf16 counts only where it acts
+    (CUDA); loader workers and pinned memory change speed only.
+    """
+    res, rt = cfg.resources, cfg.runtime
+    device = "cuda" if res.gpus_per_worker > 0 else "cpu"
+    return {
+        "workers": res.teacher_workers if role == "teacher" else res.num_workers,
+        "threads": torch_threads(cfg),
+        "device": device,
+        "bf16": bool(rt.bf16 and device == "cuda"),
+        "channels_last": rt.channels_last,
+        "compile": rt.compile,
+    }
+
+
+# How each numerics key is set in a config, for messages.
+NUMERICS_FIELDS: dict[str, str] = {
+    "workers": "resources.num_workers / resources.teacher_workers",
+    "threads": "runtime.torch_threads / resources.cpus_per_worker (torch threads)",
+    "device": "resources.gpus_per_worker (device)",
+    "bf16": "runtime.bf16",
+    "channels_last": "runtime.channels_last",
+    "compile": "runtime.compile",
+}
+
+
+def _weights_enum(arch: str):
+    """torchvision's weights enum of ``arch``, or None if torchvision has no such model."""
+    try:
+        from torchvision.models import get_model_weights
+
+        return get_model_weights(arch)
+    except (ImportError, ValueError, KeyError):
+        return None
+
+
+def resolved_pretrained(arch: str, pretrained: bool | str) -> bool | str:
+    """``pretrained`` as the weights member it loads: ``True`` becomes e.g. ``"IMAGENET1K_V2"``.
+
+    ``True`` means "the DEFAULT of this torchvision", which a torchvision upgrade may change;
+    resolved once on the driver, the name pins the checkpoint for ids and workers alike. Values
+    torchvision cannot resolve are returned as they are (model creation rejects them).
+    """
+    if pretrained is False:
+        return False
+    enum = _weights_enum(arch)
+    if enum is None:
+        return pretrained
+    if pretrained is True:
+        return enum.DEFAULT.name
+    if isinstance(pretrained, str) and pretrained in enum.__members__:
+        return enum[pretrained].name
+    return pretrained
+
+
+def pretrained_identity(arch: str, pretrained: bool | str) -> bool | str:
+    """What identifies pretrained weights in a hash: enum, member and file (its URL names its hash)."""
+    enum = _weights_enum(arch) if pretrained is not False else None
+    if enum is None or not isinstance(pretrained, str) or pretrained not in enum.__members__:
+        return pretrained
+    member = enum[pretrained]
+    return f"{type(member).__name__}.{member.name}:{member.url}"
+
+
+def trial_fingerprint_content(cfg: SweepConfig, trial: StudentTrial) -> dict[str, object]:
+    """Everything that changes a student trial's numbers, by config section.
+
+    The trial (perm, loss, view, seed and its teachers, whose ids hash the teachers' content),
+    the dataset's content, the student section, distillation, metrics and the numerics of its
+    run. A training checkpoint carries this, so one made under other settings is never resumed.
+    """
+    dataset = next(d for d in cfg.datasets if d.key == trial.dataset)
+    return {
+        "trial": {**trial.__dict__, "teacher_ids": list(trial.teacher_ids)},
+        "dataset": dataset.model_dump(mode="json", exclude=DATA_LOCATION_FIELDS | {"label"}),
+        "student": cfg.student.model_dump(mode="json"),
+        "distill": cfg.distill.model_dump(mode="json"),
+        "metrics": cfg.metrics.model_dump(mode="json"),
+        "numerics": numerics(cfg, "student"),
+    }
+
+
+def fingerprint(content: dict) -> str:
+    """A short hash of a fingerprint's content."""
+    return _digest(content)

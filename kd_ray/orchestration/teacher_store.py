@@ -3,7 +3,9 @@
 A teacher is stored as ``<teacher_id>.pt`` (weights, loaded with ``weights_only=True``) and
 ``<teacher_id>.json`` (its metrics), written in that order: the JSON is the commit marker, so a
 teacher whose training was interrupted is never mistaken for a trained one. Because ids are
-content hashes, a later sweep with an identical teacher reuses it instead of training it again.
+content hashes, a later sweep with an identical teacher reuses it instead of training it again;
+the id is the stored teacher's fingerprint (:func:`kd_ray.plan.teacher_spec` hashes into it
+everything that changes the weights, numerics included), and loading checks it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from torch import nn
 from kd_ray.errors import CheckpointError
 from kd_ray.plan import TeacherSpec
 from kd_ray.storage import Storage
-from kd_ray.train.checkpoint import TEACHER_FORMAT, from_bytes, load_teacher_weights, teacher_bytes
+from kd_ray.train.checkpoint import (
+    TEACHER_FORMAT,
+    from_bytes,
+    load_file,
+    load_teacher_weights,
+    save_to_storage,
+    teacher_state,
+)
 
 
 class TeacherStore:
@@ -37,9 +46,15 @@ class TeacherStore:
         return json.loads(self.storage.read_bytes(f"{teacher_id}.json"))
 
     def save(self, model: nn.Module, spec: TeacherSpec, *, num_classes: int, info: dict[str, Any]) -> None:
-        data = teacher_bytes(model, teacher_id=spec.teacher_id, arch=spec.arch, num_classes=num_classes)
-        self.storage.write_bytes(f"{spec.teacher_id}.pt", data)
+        state = teacher_state(model, teacher_id=spec.teacher_id, arch=spec.arch, num_classes=num_classes)
+        save_to_storage(self.storage, f"{spec.teacher_id}.pt", state)
         self.storage.write_bytes(f"{spec.teacher_id}.json", json.dumps(info, sort_keys=True).encode())
+
+    def _load(self, teacher_id: str) -> dict[str, Any]:
+        path = self.weights_path(teacher_id)
+        if self.storage.is_local:  # straight from disk, not through a copy of the file in memory
+            return load_file(path)
+        return from_bytes(self.storage.read_bytes(f"{teacher_id}.pt"), path)
 
     def check(self, spec: TeacherSpec) -> None:
         """Check, without building a model, that the stored file is the teacher ``spec``.
@@ -52,7 +67,7 @@ class TeacherStore:
         if not self.storage.exists(f"{spec.teacher_id}.pt"):
             raise CheckpointError(f"{path}: teacher checkpoint not found; it was not trained or was removed")
         try:
-            obj = from_bytes(self.storage.read_bytes(f"{spec.teacher_id}.pt"), path)
+            obj = self._load(spec.teacher_id)
         except CheckpointError:
             raise
         except Exception as err:  # torch's weights-only unpickler raises more than from_bytes expects
@@ -72,7 +87,7 @@ class TeacherStore:
             raise CheckpointError(f"{path}: teacher checkpoint not found; it was not trained or was removed")
         load_teacher_weights(
             model,
-            self.storage.read_bytes(f"{spec.teacher_id}.pt"),
+            self._load(spec.teacher_id),
             teacher_id=spec.teacher_id,
             arch=spec.arch,
             source=path,

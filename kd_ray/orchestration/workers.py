@@ -2,9 +2,14 @@
 
 Every rank calls ``ray.train.report`` once per epoch (it is a barrier); rank 0 attaches the
 checkpoint. Metrics are already reduced across ranks by the runs, so rank 0's report is the
-trial's. On restart (worker fault, driver resume) the loop continues from the latest checkpoint
-and first re-announces that checkpoint's epoch, so the driver has every epoch's row even if it
-died between a report and writing it.
+trial's. On restart (worker fault, driver resume) the loop continues from the newest usable
+checkpoint and first re-announces that checkpoint's epoch, so the driver has every epoch's row
+even if it died between a report and writing it.
+
+A checkpoint is usable when it loads and its fingerprint (what changes the numbers, per trial)
+is the run's: one made under another config is never restored. The newest is Ray's latest; if
+that one is unreadable (a kill mid-write, a corrupt file), the run falls back to the previous
+checkpoint kept in its directory, else starts fresh, and says which in one line per trial.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import posixpath
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray.train
@@ -21,11 +28,26 @@ import ray.train.torch
 import torch
 
 from kd_ray.config import SweepConfig, parse_config
+from kd_ray.errors import CheckpointError
 from kd_ray.orchestration.teacher_store import TeacherStore
-from kd_ray.plan import StudentTrial, TeacherSpec, plan_sweep
+from kd_ray.plan import (
+    StudentTrial,
+    TeacherSpec,
+    fingerprint,
+    plan_sweep,
+    torch_threads,
+    trial_fingerprint_content,
+)
 from kd_ray.results.rows import TRIAL_SEP
 from kd_ray.storage import Storage
-from kd_ray.train.checkpoint import STATE_FORMAT, from_bytes, to_bytes
+from kd_ray.train.checkpoint import (
+    STATE_FORMAT,
+    fingerprint_problem,
+    load_file,
+    save_file,
+    save_to_storage,
+    student_state,
+)
 from kd_ray.train.runtime import Runtime
 
 # Data, models and the training loops (torchvision, scikit-learn: seconds of imports) are
@@ -39,8 +61,7 @@ STATE_FILE = "state.pt"
 
 def _setup(cfg: SweepConfig) -> tuple[Runtime, int, int]:
     ctx = ray.train.get_context()
-    threads = cfg.runtime.torch_threads or max(1, math.floor(cfg.resources.cpus_per_worker))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(torch_threads(cfg))
     device = ray.train.torch.get_device()
     return Runtime.from_config(cfg.runtime, device), ctx.get_world_rank(), ctx.get_world_size()
 
@@ -50,35 +71,99 @@ def _wrap(model: torch.nn.Module) -> torch.nn.Module:
     return ray.train.torch.prepare_model(model, move_to_device=False)
 
 
-def _restore(run: Any, labels: list[str]) -> tuple[int, dict[str, Any] | None]:
-    """Load the latest checkpoint into ``run``: (first epoch to train, last report or None)."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 1, None
-    with checkpoint.as_directory() as d:
-        path = os.path.join(d, STATE_FILE)
-        with open(path, "rb") as f:
-            state = from_bytes(f.read(), path)
+Fingerprints = dict[str, dict[str, Any]]
+
+
+def student_fingerprints(cfg: SweepConfig, trials: list[StudentTrial]) -> Fingerprints:
+    """Per trial: the digest and content of what changes its numbers."""
+    out = {}
+    for trial in trials:
+        content = trial_fingerprint_content(cfg, trial)
+        out[trial.trial_id] = {"digest": fingerprint(content), "content": content}
+    return out
+
+
+def teacher_fingerprints(spec: TeacherSpec) -> Fingerprints:
+    # The id hashes everything that changes the teacher (kd_ray.plan.teacher_spec).
+    return {"teacher": {"digest": spec.teacher_id, "content": dict(spec.__dict__)}}
+
+
+def _candidates(config: dict[str, Any]) -> Iterator[ray.train.Checkpoint]:
+    """Checkpoints to restore from, newest first: Ray's latest, then the others kept in the
+    Train run's directory (the run may have no snapshot if a truncated one was set aside)."""
+    latest = ray.train.get_checkpoint()
+    latest_name = None
+    if latest is not None:
+        latest_name = posixpath.basename(latest.path.rstrip("/"))
+        yield latest
+    run_name = config.get("run_name")
+    if not run_name:
+        return
+    run_dir = Storage.open(config["ray_storage"]).child(run_name)
+    names = sorted((n for n in run_dir.listdir() if n.startswith("checkpoint_")), reverse=True)
+    for name in names:
+        if name != latest_name:
+            yield ray.train.Checkpoint(run_dir.path(name), filesystem=run_dir.fs)
+
+
+def _problem(state: dict[str, Any], fingerprints: Fingerprints) -> str | None:
     if state.get("format") != STATE_FORMAT:
-        raise RuntimeError(f"{path}: not a kd_ray training state")
-    run.load_state_dict(state["run"])
+        return f"its format is {state.get('format')!r}, not {STATE_FORMAT!r} (written by another kd_ray)"
+    return fingerprint_problem(state.get("fingerprint"), fingerprints)
+
+
+def _restore(
+    run: Any, config: dict[str, Any], fingerprints: Fingerprints, labels: list[str]
+) -> tuple[int, dict[str, Any] | None]:
+    """Load the newest usable checkpoint into ``run``: (first epoch to train, last report or None)."""
+    skipped: list[str] = []
+    restored: tuple[int, dict[str, Any]] | None = None
+    for checkpoint in _candidates(config):
+        name = posixpath.basename(checkpoint.path.rstrip("/"))
+        try:
+            with checkpoint.as_directory() as d:
+                state = load_file(os.path.join(d, STATE_FILE))
+                problem = _problem(state, fingerprints)
+                if problem is None:
+                    run.load_state_dict(state["run"])
+                    restored = int(state["epoch"]), dict(state["report"])
+        except (CheckpointError, OSError) as err:
+            problem = (
+                f"it is unreadable ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})"
+            )
+        if restored is not None:
+            break
+        skipped.append(f"{name}: {problem}")
     if ray.train.get_context().get_world_rank() == 0:
-        # Said once per restart, so a resumed or recovered trial is visible in the driver's log.
+        # Said once per (re)start, so a resumed, recovered or restarted trial is visible in
+        # the driver's log, with the reason when a checkpoint was passed over.
+        passed = f"; passed over {'; '.join(skipped)}" if skipped else ""
         for label in labels:
-            log.info("%s: resuming from its epoch %d checkpoint", label, int(state["epoch"]))
-    return int(state["epoch"]) + 1, dict(state["report"])
+            if restored is not None:
+                log.info("%s: resuming from its epoch %d checkpoint%s", label, restored[0], passed)
+            elif skipped:
+                log.warning("%s: starting fresh, no usable checkpoint (%s)", label, "; ".join(skipped))
+    if restored is None:
+        return 1, None
+    return restored[0] + 1, restored[1]
 
 
-def _report(run: Any, epoch: int, report: dict[str, Any], rank: int) -> None:
+def _report(run: Any, epoch: int, report: dict[str, Any], rank: int, fingerprints: Fingerprints) -> None:
     """Report one epoch from every rank; rank 0 attaches the state checkpoint."""
     metrics = {**report, "epoch": epoch}
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as d:
-        state = {"format": STATE_FORMAT, "epoch": epoch, "report": metrics, "run": run.state_dict()}
-        with open(os.path.join(d, STATE_FILE), "wb") as f:
-            f.write(to_bytes(state))
+        state = {
+            "format": STATE_FORMAT,
+            "epoch": epoch,
+            "report": metrics,
+            "fingerprint": fingerprints,
+            "run": run.state_dict(),
+        }
+        save_file(state, os.path.join(d, STATE_FILE))  # streamed to disk: no in-memory copy
+        del state
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -100,7 +185,9 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train loop of one stream group of student trials on one Ray Train worker.
 
     Every epoch is one report whose keys are ``{trial_id}::{split}/{metric}`` for each student
-    still training; the return value says how each trial ended.
+    still training; the return value says how each trial ended. At the end rank 0 stores each
+    finished student's final weights alone (``config["students"]/{trial_id}.pt``, small), so the
+    group's training checkpoints can be deleted once the driver has its rows.
     """
     from kd_ray.data import DATASETS
     from kd_ray.models import create_model
@@ -126,7 +213,8 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
     run = DistillationRun(
         cfg, trials, datasets, teachers, runtime, rank=rank, world_size=world_size, wrap=_wrap
     )
-    start, last = _restore(run, [t.trial_id for t in trials])
+    fingerprints = student_fingerprints(cfg, trials)
+    start, last = _restore(run, config, fingerprints, [t.trial_id for t in trials])
     if last is not None:
         ray.train.report(last, checkpoint=None)
     failed = {s.trial.trial_id: s.diverged for s in run.students if s.diverged}
@@ -140,7 +228,20 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
             report.update(
                 _prefixed(tid, {**values, "epoch": epoch, **calibration_keys(result.calibration[tid])})
             )
-        _report(run, epoch, report, rank)
+        _report(run, epoch, report, rank, fingerprints)
+    if rank == 0 and config.get("students"):
+        students = Storage.open(config["students"])
+        for s in run.students:
+            tid = s.trial.trial_id
+            if tid not in failed:
+                state = student_state(
+                    s.model,
+                    trial_id=tid,
+                    arch=cfg.student.arch,
+                    num_classes=datasets.num_classes,
+                    fingerprint=fingerprints[tid],
+                )
+                save_to_storage(students, f"{tid}.pt", state)
     return {
         "status": {t.trial_id: "failed" if t.trial_id in failed else "ok" for t in trials},
         "error": failed,
@@ -159,7 +260,8 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
     dcfg = dataset_config(cfg, spec.dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
     run = TeacherRun(cfg, spec, datasets, runtime, rank=rank, world_size=world_size, wrap=_wrap)
-    start, last = _restore(run, [f"teacher {spec.teacher_id}"])
+    fingerprints = teacher_fingerprints(spec)
+    start, last = _restore(run, config, fingerprints, [f"teacher {spec.teacher_id}"])
     report = last or {}
     for epoch in range(start, cfg.teacher.train.epochs + 1):
         report = run.run_epoch(epoch)
@@ -168,7 +270,7 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
                 "status": "failed",
                 "error": f"teacher diverged at epoch {epoch}: loss {report['train/loss']}",
             }
-        _report(run, epoch, report, rank)
+        _report(run, epoch, report, rank, fingerprints)
     if rank == 0:
         info = {
             "epochs": cfg.teacher.train.epochs,

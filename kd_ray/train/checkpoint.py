@@ -4,20 +4,35 @@ Everything is loaded with ``torch.load(..., weights_only=True)``: a checkpoint h
 numbers, strings and containers of them, never pickled code. A teacher file names the teacher it
 holds, so a file that belongs to another teacher (or is not a kd_ray teacher at all) is refused
 with one clear line instead of silently distilling from the wrong model.
+
+Training state carries a *fingerprint* of everything that changes its numbers (see
+:func:`kd_ray.plan.trial_fingerprint_content`): a checkpoint made under other settings is not
+resumed. Files are written and read straight from disk (``torch.save`` to a path writes one
+tensor at a time), never through an in-memory copy of the whole file: a stream group's state
+is gigabytes.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any
+import os
+import posixpath
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from kd_ray.errors import CheckpointError
 
+if TYPE_CHECKING:
+    from kd_ray.storage import Storage
+
 TEACHER_FORMAT = "kd_ray.teacher.v1"
-STATE_FORMAT = "kd_ray.train_state.v1"
+STUDENT_FORMAT = "kd_ray.student.v1"
+# v2: with fingerprints. A v1 state (no fingerprint) is not resumed: nothing says what made it.
+STATE_FORMAT = "kd_ray.train_state.v2"
 
 
 def to_bytes(obj: dict[str, Any]) -> bytes:
@@ -38,34 +53,119 @@ def from_bytes(data: bytes, source: str) -> dict[str, Any]:
     return obj
 
 
+def save_file(obj: dict[str, Any], path: str) -> None:
+    """``torch.save`` straight to ``path``: one tensor at a time, no second copy in memory."""
+    torch.save(obj, path)
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Load a checkpoint file safely (``weights_only``) without reading it into memory first.
+
+    Raises:
+        CheckpointError: missing, unreadable or not a checkpoint.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's weights-only unpickler raises many types on garbage
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a kd_ray checkpoint (holds a {type(obj).__name__})")
+    return obj
+
+
+def save_to_storage(storage: Storage, name: str, obj: dict[str, Any]) -> None:
+    """Write a checkpoint to ``storage`` atomically, streaming it to disk when storage is local.
+
+    Local: ``torch.save`` to a temporary file beside the target (named like
+    :meth:`kd_ray.storage.Storage.write_bytes`'s, so orphan clean-up finds it), then rename.
+    Object stores publish an object only once its upload completes, so the bytes go in one put.
+    """
+    if not storage.is_local:
+        storage.write_bytes(name, to_bytes(obj))
+        return
+    target = storage.path(name)
+    parent = posixpath.dirname(target)
+    storage.makedirs(posixpath.dirname(name))
+    tmp = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_file(obj, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def fingerprint_problem(saved: Any, expected: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Why a training state with fingerprints ``saved`` must not be resumed as ``expected``.
+
+    Both map a member (a trial id, or ``teacher``) to ``{"digest": ..., "content": {...}}``;
+    every expected member must be in ``saved`` with the same digest (extra saved members are
+    fine: a group resumed with fewer unfinished trials). None if it may be resumed.
+    """
+    if not isinstance(saved, Mapping):
+        return "it has no fingerprint (written by an older kd_ray)"
+    for member, want in expected.items():
+        have = saved.get(member)
+        if not isinstance(have, Mapping) or "digest" not in have:
+            return f"it holds no state for {member}"
+        if have["digest"] != want["digest"]:
+            old, new = have.get("content") or {}, want.get("content") or {}
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            what = ", ".join(changed) if changed else "settings"
+            return f"it was made with other settings for {member} (changed: {what})"
+    return None
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel (or torch.compile) wrapper."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
 
 
+def teacher_state(model: nn.Module, *, teacher_id: str, arch: str, num_classes: int) -> dict[str, Any]:
+    """A trained teacher as a self-describing checkpoint; ``teacher_id`` is its fingerprint (the
+    id hashes everything that changes its weights). Tensors are the model's own, not copies."""
+    return {
+        "format": TEACHER_FORMAT,
+        "teacher_id": teacher_id,
+        "arch": arch,
+        "num_classes": num_classes,
+        "state_dict": unwrap(model).state_dict(),
+    }
+
+
 def teacher_bytes(model: nn.Module, *, teacher_id: str, arch: str, num_classes: int) -> bytes:
-    """A trained teacher as a self-describing checkpoint file."""
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    return to_bytes(
-        {
-            "format": TEACHER_FORMAT,
-            "teacher_id": teacher_id,
-            "arch": arch,
-            "num_classes": num_classes,
-            "state_dict": state,
-        }
-    )
+    """A trained teacher as the bytes of a self-describing checkpoint file."""
+    return to_bytes(teacher_state(model, teacher_id=teacher_id, arch=arch, num_classes=num_classes))
 
 
-def load_teacher_weights(model: nn.Module, data: bytes, *, teacher_id: str, arch: str, source: str) -> None:
-    """Load a teacher checkpoint into ``model``.
+def student_state(
+    model: nn.Module, *, trial_id: str, arch: str, num_classes: int, fingerprint: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A finished student's final weights alone (no optimiser state): small, kept after its
+    training checkpoints are deleted; ``fingerprint`` says what made them."""
+    return {
+        "format": STUDENT_FORMAT,
+        "trial_id": trial_id,
+        "arch": arch,
+        "num_classes": num_classes,
+        "fingerprint": dict(fingerprint),
+        "state_dict": unwrap(model).state_dict(),
+    }
+
+
+def load_teacher_weights(
+    model: nn.Module, data: bytes | dict[str, Any], *, teacher_id: str, arch: str, source: str
+) -> None:
+    """Load a teacher checkpoint (its bytes, or the loaded dict) into ``model``.
 
     Raises:
         CheckpointError: unreadable bytes, another format, another teacher, or weights that do
             not fit ``model``.
     """
-    obj = from_bytes(data, source)
+    obj = data if isinstance(data, dict) else from_bytes(data, source)
     if obj.get("format") != TEACHER_FORMAT:
         raise CheckpointError(f"{source}: not a kd_ray teacher checkpoint (format {obj.get('format')!r})")
     if obj.get("teacher_id") != teacher_id or obj.get("arch") != arch:
