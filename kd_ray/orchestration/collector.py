@@ -4,9 +4,16 @@ A ``ray.tune.Callback`` runs in the driver process, so only the driver writes re
 every rank). A Tune trial trains a stream group of student trials; its reports carry each
 student's values under ``{trial_id}::`` keys, which the collector splits back into per-trial
 rows. Each report rewrites each student's ``epochs`` file atomically; when a student ends its
-``trials`` row and final-epoch ``calibration`` bins are written. Rows are keyed, so a trial that
-resumes and re-reports an epoch replaces rows rather than adding them; a trial seen for the first
-time in this driver (after a resume) starts from the rows already on disk.
+final-epoch ``calibration`` bins and then its ``trials`` row are written: the ``trials`` row is the
+"finished" marker, so it comes last, and a kill before it leaves the trial unfinished (resume
+runs it again) rather than finished with rows missing. Rows are keyed, so a trial that resumes
+and re-reports an epoch replaces rows rather than adding them; a trial seen for the first time
+in this driver (after a resume) starts from the rows already on disk, and a report of epoch e
+drops stored rows of later epochs (a restart from an earlier checkpoint, or from scratch,
+recomputes them). Once every student of a group has its rows, the group's Train run directory
+(its training checkpoints) is deleted; each finished student's final weights stay on their own.
+
+:class:`TeacherOutcomes` keeps the reason each teacher run failed, as the worker gave it.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 import ray.tune
 
-from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY, short_error
+from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY, delete_run, short_error
 from kd_ray.plan import StudentTrial
 from kd_ray.results.rows import calibration_rows, epoch_rows, trial_report, trial_row
 from kd_ray.results.store import ResultTables
@@ -89,15 +96,22 @@ class ResultsCollector(ray.tune.Callback):
                 continue
             if "epoch" not in own:  # not in this report: it stopped earlier (diverged)
                 continue
+            epoch = int(own["epoch"])
+            # Reports of one attempt come in epoch order: rows of later epochs are from an
+            # earlier attempt that this one (restarted from an older checkpoint) recomputes.
+            state.epochs = {key: row for key, row in state.epochs.items() if key[0] <= epoch}
             for row in epoch_rows(state.trial.trial_id, own):
                 state.epochs[(row["epoch"], row["split"])] = row
-            if state.last is None or int(own["epoch"]) >= int(state.last["epoch"]):
-                state.last = own
+            state.last = own
             self.tables.write("epochs", state.trial.trial_id, sorted(state.epochs.values(), key=_epoch_order))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for state in self._states_of(trial):
             self._finish(state)
+        # Every student of the group has its rows: its training checkpoints are no longer needed
+        # (a failed one is run again from scratch by --resume). Kept when the trial errored.
+        if trial.config.get("ray_storage"):
+            delete_run(trial.config["ray_storage"], trial.config["group"]["group_id"])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = _trial_error(trial)
@@ -113,6 +127,9 @@ class ResultsCollector(ray.tune.Callback):
         last = state.last
         if last is None and state.epochs:  # resumed after its last epoch: rebuild from disk rows
             last = _report_from_rows(state.epochs)
+        if state.last is not None:
+            self.tables.write("calibration", trial_id, calibration_rows(trial_id, state.last, self.ece_bins))
+        # Last: the trials row marks the trial finished (see the module docstring).
         self.tables.write(
             "trials",
             trial_id,
@@ -128,8 +145,6 @@ class ResultsCollector(ray.tune.Callback):
                 )
             ],
         )
-        if state.last is not None:
-            self.tables.write("calibration", trial_id, calibration_rows(trial_id, state.last, self.ece_bins))
         log.info("trial %s: %s%s", trial_id, status, f" ({state.error})" if state.error else "")
         self._states.pop(trial_id, None)
 
@@ -160,3 +175,22 @@ def _trial_error(trial: Any) -> str:
     if not text and path and Path(path).exists():
         text = Path(path).read_text()
     return short_error(str(text)) if text else "the trial failed without an error message"
+
+
+class TeacherOutcomes(ray.tune.Callback):
+    """How each teacher run of the teacher stage failed, in the worker's words (driver side)."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "errors": {}}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        status = result.get(STATUS_KEY)
+        if status is not None and status != "ok":
+            tid = trial.config["teacher"]["teacher_id"]
+            self.errors[tid] = result.get(ERROR_KEY) or "the teacher run returned no reason"
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.errors[trial.config["teacher"]["teacher_id"]] = _trial_error(trial)

@@ -4,21 +4,46 @@ Resume is ours, not Tune's experiment restore: finished trials are read from ``t
 and skipped, finished teachers are found in the teacher store, and every unfinished trial is
 started again under its fixed Train run name, which continues from its latest epoch checkpoint.
 That keeps resume correct whatever state Tune had saved when the driver was killed.
+
+On ``--resume``:
+
+- a trial counts as finished only if its ``trials`` row says ok *and* its ``epochs`` and
+  ``calibration`` rows are complete; otherwise it runs again (from its group's last
+  checkpoint when only the final rows are missing, from scratch when epoch rows are);
+- a stream group that had started continues as the same group (its run directory names its
+  members), whatever ``trials_per_run`` says now;
+- settings that change the numbers of a run (:func:`kd_ray.plan.numerics`: workers, torch
+  threads, device, bf16, channels-last, compile) may not change while trials are unfinished:
+  one run would mix two numerics, so the sweep is refused with one line.
+
+Temporary files that a killed write left behind (``.NAME.<hex>.tmp``) are removed at start.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import time
 from dataclasses import dataclass
+from itertools import product
 from typing import Any
 
 from kd_ray.config import SweepConfig, dump_config
-from kd_ray.errors import ResultsError
+from kd_ray.errors import KdRayError, ResultsError
 from kd_ray.orchestration.preflight import check_datasets, check_teachers, require_trained
 from kd_ray.orchestration.teacher_store import TeacherStore
-from kd_ray.plan import DATA_LOCATION_FIELDS, StudentTrial, SweepPlan, group_id, plan_sweep, stream_groups
+from kd_ray.plan import (
+    DATA_LOCATION_FIELDS,
+    NUMERICS_FIELDS,
+    StudentTrial,
+    SweepPlan,
+    group_id,
+    numerics,
+    plan_sweep,
+    stream_groups,
+)
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
@@ -187,15 +212,19 @@ def _tune(
 
 def _train_teachers(
     cfg, plan: SweepPlan, root: Storage, sweep: Storage, base: dict, verbose: int
-) -> tuple[int, int]:
+) -> tuple[int, int, dict[str, str]]:
+    """Train the teachers not yet in the store: (trained, reused, reason per failed teacher)."""
     store = TeacherStore.under(root)
     missing = [t for t in plan.teachers if not store.has(t.teacher_id)]
     reused = len(plan.teachers) - len(missing)
+    reasons: dict[str, str] = {}
     if missing:
         _init_ray(cfg)
+        from kd_ray.orchestration.collector import TeacherOutcomes
         from kd_ray.orchestration.trials import teacher_trial
 
         log.info("training %d teacher(s); %d found already trained", len(missing), reused)
+        outcomes = TeacherOutcomes()
         items = [t.__dict__ for t in missing]
         _tune(
             cfg,
@@ -204,14 +233,23 @@ def _train_teachers(
             teacher_trial,
             items,
             {**base, "ray_storage": store.storage.child("_ray").uri},
-            [],
+            [outcomes],
             verbose,
         )
+        reasons = dict(outcomes.errors)
     tables = ResultTables(sweep)
+    trained = 0
     for spec in plan.teachers:
         ok = store.has(spec.teacher_id)
         info = store.info(spec.teacher_id) if ok else None
-        error = None if ok else "teacher training did not finish (see the Ray logs of its trial)"
+        error = None
+        if ok:
+            trained += spec in missing
+        else:
+            error = reasons.setdefault(
+                spec.teacher_id, "teacher training did not finish (see the Ray logs of its trial)"
+            )
+            log.warning("teacher %s: failed (%s)", spec.teacher_id, error)
         tables.write(
             "teachers",
             spec.teacher_id,
@@ -225,16 +263,161 @@ def _train_teachers(
                 )
             ],
         )
-    return len(missing), reused
+    return trained, reused, reasons
 
 
-def _finished_trials(tables: ResultTables) -> set[str]:
+def _incomplete(tables: ResultTables, cfg: SweepConfig, trial_ids: set[str]) -> dict[str, tuple[str, bool]]:
+    """Trials among ``trial_ids`` whose rows are not complete: trial id -> (what, epochs missing).
+
+    A finished trial has one ``epochs`` row per (epoch, split) for every epoch and one
+    ``calibration`` row per (split, bin).
+    """
+    from kd_ray.metrics.names import SPLITS
+
+    epochs, calibration = tables.read("epochs"), tables.read("calibration")
+    want_epochs = set(product(range(1, cfg.student.train.epochs + 1), SPLITS))
+    want_bins = set(product(SPLITS, range(cfg.metrics.ece_bins)))
+    have_epochs = {
+        tid: set(zip(g["epoch"].astype(int), g["split"], strict=True))
+        for tid, g in epochs.groupby("trial_id")
+    }
+    have_bins = {
+        tid: set(zip(g["split"], g["bin"].astype(int), strict=True))
+        for tid, g in calibration.groupby("trial_id")
+    }
+    out = {}
+    for tid in sorted(trial_ids):
+        lost = want_epochs - have_epochs.get(tid, set())
+        if lost:
+            e, split = min(lost)
+            out[tid] = (f"{len(lost)} epochs row(s), e.g. epoch {e} {split}", True)
+        elif want_bins - have_bins.get(tid, set()):
+            out[tid] = ("calibration rows", False)
+    return out
+
+
+def _finished_trials(tables: ResultTables, cfg: SweepConfig | None = None) -> tuple[set[str], set[str]]:
+    """(finished trials, trials to run again from scratch).
+
+    Finished: an ok ``trials`` row and complete ``epochs`` and ``calibration`` rows. An ok trial
+    with rows missing runs again: from its group's last checkpoint when only its final rows are
+    missing (the restart re-announces that epoch), from scratch when epoch rows are missing.
+    """
     done = tables.read("trials")
-    return set(done.loc[done["status"] == "ok", "trial_id"])
+    ok = set(done.loc[done["status"] == "ok", "trial_id"])
+    if cfg is None:
+        return ok, set()
+    scratch = set()
+    for tid, (what, from_scratch) in _incomplete(tables, cfg, ok).items():
+        ok.discard(tid)
+        how = "from scratch" if from_scratch else "from its last checkpoint if it has one"
+        log.warning(
+            "trial %s: its trials row says ok but its %s are missing; running it again %s", tid, what, how
+        )
+        if from_scratch:
+            scratch.add(tid)
+    return ok, scratch
+
+
+def _saved_config(sweep: Storage) -> SweepConfig | None:
+    import yaml
+
+    from kd_ray.config import parse_config
+
+    try:
+        return parse_config(yaml.safe_load(sweep.read_bytes("config.yaml")), source="config.yaml")
+    except (KdRayError, OSError, ValueError, yaml.YAMLError):  # absent or unreadable: nothing to compare
+        return None
+
+
+def _refuse_changed_numerics(cfg: SweepConfig, sweep: Storage, unfinished: int) -> None:
+    """Refuse a --resume that would run unfinished trials under other numerics than the sweep's.
+
+    Raises:
+        ResultsError: names the setting, its saved and new values, and what to do.
+    """
+    saved = _saved_config(sweep) if unfinished else None
+    if saved is None:
+        return
+    for role in ("student", "teacher"):
+        old, new = numerics(saved, role), numerics(cfg, role)
+        for key in old:
+            if old[key] != new[key]:
+                raise ResultsError(
+                    f"{sweep.uri}/config.yaml: {NUMERICS_FIELDS[key]} changed since this sweep "
+                    f"started ({role} {key} {old[key]!r} -> {new[key]!r}) while {unfinished} trial(s) "
+                    "are unfinished; it changes the numbers, so --resume would mix two numerics in "
+                    "one sweep. Resume with the saved setting, or start a new sweep (another name "
+                    "or --results)"
+                )
+
+
+# Storage.write_bytes and save_to_storage write ``.NAME.<32 hex>.tmp`` and rename it.
+_TMP = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+# A temporary file still being written is touched continuously; one this old was orphaned by a kill.
+_TMP_ORPHAN_AGE_S = 15 * 60
+
+
+def _clean_orphans(*storages: Storage) -> None:
+    """Delete temporary files left by writes that a kill interrupted (local storage only)."""
+    now = time.time()
+    for storage in storages:
+        if not storage.is_local or not os.path.isdir(storage.root):
+            continue
+        removed = 0
+        for folder, dirs, files in os.walk(storage.root):
+            dirs[:] = [d for d in dirs if d != "_ray"]  # Ray's own files; none of ours
+            for name in files:
+                path = os.path.join(folder, name)
+                try:
+                    if _TMP.match(name) and now - os.stat(path).st_mtime > _TMP_ORPHAN_AGE_S:
+                        os.remove(path)
+                        removed += 1
+                except OSError:  # removed meanwhile, or not ours to remove
+                    continue
+        if removed:
+            log.info("removed %d temporary file(s) that interrupted writes left in %s", removed, storage.uri)
+
+
+def _group_items(
+    sweep: Storage, runnable: list[StudentTrial], scratch: set[str], max_size: int | None
+) -> list[dict[str, Any]]:
+    """The Tune items of the student stage: one per stream group.
+
+    A group that had started (its run directory holds ``kd_ray_group.json``) keeps its id and
+    its unfinished members, so it continues from its checkpoint whatever ``trials_per_run`` is
+    now. Trials to run from scratch get fresh groups, with any old run directory of the same
+    id removed. The rest are grouped as :func:`kd_ray.plan.stream_groups` says.
+    """
+    import json
+
+    from kd_ray.orchestration.trials import GROUP_MANIFEST, delete_run
+
+    ray_dir = sweep.child("_ray")
+    by_id = {t.trial_id: t for t in runnable if t.trial_id not in scratch}
+    items: list[dict[str, Any]] = []
+    for name in ray_dir.listdir():
+        if not by_id or not ray_dir.exists(f"{name}/{GROUP_MANIFEST}"):
+            continue
+        try:
+            members = json.loads(ray_dir.read_bytes(f"{name}/{GROUP_MANIFEST}"))["trials"]
+        except (ValueError, KeyError, TypeError, OSError):
+            continue
+        kept = [by_id.pop(tid) for tid in members if tid in by_id]
+        if kept:
+            items.append({"group_id": name, "trials": kept})
+    for group in stream_groups(list(by_id.values()), max_size):
+        items.append({"group_id": group_id(group), "trials": list(group)})
+    for group in stream_groups([t for t in runnable if t.trial_id in scratch], max_size):
+        delete_run(ray_dir.uri, group_id(group))
+        items.append({"group_id": group_id(group), "trials": list(group)})
+    order = {t.trial_id: i for i, t in enumerate(runnable)}
+    items.sort(key=lambda item: order[item["trials"][0].trial_id])
+    return [{**item, "trials": [t.__dict__ for t in item["trials"]]} for item in items]
 
 
 def _record_missing_teacher(
-    cfg: SweepConfig, tables: ResultTables, trial: StudentTrial, teacher_id: str
+    cfg: SweepConfig, tables: ResultTables, trial: StudentTrial, teacher_id: str, reason: str | None = None
 ) -> None:
     row = trial_row(
         trial,
@@ -242,7 +425,7 @@ def _record_missing_teacher(
         student_arch=cfg.student.arch,
         report=None,
         status="failed",
-        error=f"teacher {teacher_id} failed to train",
+        error=f"teacher {teacher_id} failed to train" + (f": {reason}" if reason else ""),
         wall_s=0.0,
     )
     tables.write("trials", trial.trial_id, [row])
@@ -259,20 +442,23 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
     check_datasets(cfg)
     root, sweep = prepare_results(cfg, results, resume=resume)
     tables = ResultTables(sweep)
-    finished = _finished_trials(tables) if resume else set()
+    finished, scratch = _finished_trials(tables, cfg) if resume else (set(), set())
     todo = [t for t in plan.trials if t.trial_id not in finished]
+    if resume:
+        _refuse_changed_numerics(cfg, sweep, len(todo))
     store = TeacherStore.under(root)
     check_teachers(store, plan, todo)
+    _clean_orphans(sweep, store.storage)
     sweep.write_bytes("config.yaml", dump_config(cfg).encode())
 
     base = {"sweep": cfg.model_dump(mode="json"), "teacher_store": store.storage.uri}
-    trained, reused = _train_teachers(cfg, plan, root, sweep, base, verbose)
+    trained, reused, teacher_errors = _train_teachers(cfg, plan, root, sweep, base, verbose)
 
     runnable: list[StudentTrial] = []
     for trial in todo:
         missing = require_trained(store, trial)
         if missing:
-            _record_missing_teacher(cfg, tables, trial, missing)
+            _record_missing_teacher(cfg, tables, trial, missing, teacher_errors.get(missing))
         else:
             runnable.append(trial)
     if runnable:
@@ -286,16 +472,15 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
             student_arch=cfg.student.arch,
             ece_bins=cfg.metrics.ece_bins,
         )
-        groups = stream_groups(runnable, cfg.resources.trials_per_run)
-        items = [{"group_id": group_id(g), "trials": [t.__dict__ for t in g]} for g in groups]
-        log.info("%d student trial(s) in %d run(s) that share data streams", len(runnable), len(groups))
+        items = _group_items(sweep, runnable, scratch, cfg.resources.trials_per_run)
+        log.info("%d student trial(s) in %d run(s) that share data streams", len(runnable), len(items))
         _tune(
             cfg,
             sweep,
             "group",
             student_trial,
             items,
-            {**base, "ray_storage": sweep.child("_ray").uri},
+            {**base, "ray_storage": sweep.child("_ray").uri, "students": sweep.child("students").uri},
             [collector],
             verbose,
         )

@@ -6,10 +6,19 @@ function that builds a ``TorchTrainer`` and fits it. The Train run is named afte
 trial id — never a timestamp — so a rerun of the same trial (driver resume, Tune retry) picks up
 its latest epoch checkpoint. Per-epoch metrics reach Tune through ``TuneReportCallback``; the
 function then reports one final ``kd_status`` result so the collector knows how the trial ended.
+
+Before a run starts, a truncated ``checkpoint_manager_snapshot.json`` (a kill while Ray wrote it)
+is set aside, so the run falls back to its newest usable checkpoint instead of failing on every
+resume. A stream group's run directory holds ``kd_ray_group.json``, the trials it trains, so a
+resumed sweep continues the group as it was (even if ``trials_per_run`` changed). A teacher's
+run directory is deleted once the teacher is stored; a group's, by the collector, once its rows
+are written.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from typing import Any
 
@@ -21,31 +30,101 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from kd_ray.config import parse_config
 from kd_ray.orchestration.workers import student_worker, teacher_worker
 from kd_ray.results.rows import TRIAL_SEP
+from kd_ray.storage import Storage
+
+log = logging.getLogger(__name__)
 
 STATUS_KEY = "kd_status"
 ERROR_KEY = "kd_error"
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+GROUP_MANIFEST = "kd_ray_group.json"
 
 
 class TrialError(RuntimeError):
     """A trial's Train run failed after its worker restarts (the reason is the message)."""
 
 
-_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Diverged)): (.+)$")
+# One exception line of a traceback: ``[module.]Name[: message]``.
+_ERROR_LINE = re.compile(
+    r"^\s*(?:[\w.]+\.)?([A-Z]\w*(?:Error|Exception|Diverged|Iteration|Exit|Interrupt))(?::\s*(.*))?$"
+)
+# Exceptions that only wrap the worker's own error (its text follows them).
+_WRAPPERS = frozenset(
+    {
+        "TrialError",
+        "WorkerGroupError",
+        "RayTaskError",
+        "RayActorError",
+        "TrainingFailedError",
+        "ControllerError",
+    }
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def short_error(err: BaseException | str) -> str:
-    """The most specific ``SomeError: message`` line of a (possibly remote) error, one line."""
-    text = str(err)
-    lines = [m for m in (_ERROR_LINE.match(line) for line in text.splitlines()) if m]
-    if lines:
-        name, msg = lines[-1].groups()
-        return f"{name}: {msg.strip()}"[:500]
+    """The worker's own ``SomeError: message`` line of a (possibly remote, wrapped) error, one line.
+
+    A failed Train run's text holds Ray's wrappers and the workers' tracebacks; the reason is the
+    last exception line that is not a wrapper (a bare ``StopIteration`` counts too).
+    """
+    text = _ANSI.sub("", str(err))
+    found = [m for m in (_ERROR_LINE.match(line) for line in text.splitlines()) if m]
+    own = [m for m in found if m.group(1) not in _WRAPPERS]
+    if not own and found:  # only wrappers: one may carry the reason, ``TrialError: KeyError: 'x'``
+        inner = found[-1].group(2) or ""
+        return short_error(inner) if _ERROR_LINE.match(inner) else f"{found[-1].group(1)}: {inner}"[:500]
+    if own:
+        name, msg = own[-1].groups()
+        return (f"{name}: {msg.strip()}" if msg and msg.strip() else name)[:500]
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return first[:500]
 
 
+def _snapshot_problem(run_dir: Storage) -> str | None:
+    """Why Ray Train could not load the run's checkpoint snapshot, or None."""
+    if not run_dir.exists(SNAPSHOT):
+        return None
+    try:
+        data = json.loads(run_dir.read_bytes(SNAPSHOT))
+        names = [r["checkpoint_dir_name"] for r in data["checkpoint_results"]]
+        if data.get("latest_checkpoint_result"):
+            names.append(data["latest_checkpoint_result"]["checkpoint_dir_name"])
+    except (ValueError, KeyError, TypeError, OSError) as err:  # JSONDecodeError is a ValueError
+        return f"is unreadable ({type(err).__name__}: {str(err)[:120]})"
+    gone = [n for n in names if not run_dir.exists(n)]
+    return f"names checkpoint {gone[0]}, which is gone" if gone else None
+
+
+def _set_aside_bad_snapshot(run_dir: Storage, name: str) -> None:
+    problem = _snapshot_problem(run_dir)
+    if problem is None:
+        return
+    run_dir.fs.move(run_dir.path(SNAPSHOT), run_dir.path(SNAPSHOT + ".unreadable"))
+    log.warning(
+        "%s: Ray Train's %s %s; set aside as %s.unreadable, so the run continues from its newest "
+        "usable checkpoint, or starts fresh if it has none",
+        name,
+        SNAPSHOT,
+        problem,
+        SNAPSHOT,
+    )
+
+
+def delete_run(ray_storage: str, name: str) -> None:
+    """Delete a finished Train run's directory (its checkpoints); a failure only logs."""
+    run_dir = Storage.open(ray_storage).child(name)
+    try:
+        if run_dir.exists():
+            run_dir.fs.delete_dir(run_dir.path())
+    except OSError as err:
+        log.warning("%s: could not delete its training checkpoints (%s)", run_dir.uri, err)
+
+
 def _fit(worker, name: str, loop_config: dict[str, Any], num_workers: int) -> dict[str, Any]:
     cfg = parse_config(loop_config["sweep"])
+    _set_aside_bad_snapshot(Storage.open(loop_config["ray_storage"]).child(name), name)
+    loop_config = {**loop_config, "run_name": name}
     res = cfg.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
@@ -78,6 +157,10 @@ def student_trial(config: dict[str, Any]) -> None:
     """Tune function of one stream group of student trials."""
     group = config["group"]
     cfg = parse_config(config["sweep"])
+    run_dir = Storage.open(config["ray_storage"]).child(group["group_id"])
+    if not run_dir.exists(GROUP_MANIFEST):  # the members its checkpoints hold, for --resume
+        members = {"group_id": group["group_id"], "trials": [t["trial_id"] for t in group["trials"]]}
+        run_dir.write_bytes(GROUP_MANIFEST, json.dumps(members).encode())
     outcome = _fit(student_worker, group["group_id"], config, cfg.resources.num_workers)
     status, errors = outcome.get("status", {}), outcome.get("error", {})
     final = {}
@@ -93,7 +176,8 @@ def student_trial(config: dict[str, Any]) -> None:
 def teacher_trial(config: dict[str, Any]) -> None:
     """Tune function that trains one teacher."""
     cfg = parse_config(config["sweep"])
-    outcome = _fit(
-        teacher_worker, f"teacher-{config['teacher']['teacher_id']}", config, cfg.resources.teacher_workers
-    )
+    name = f"teacher-{config['teacher']['teacher_id']}"
+    outcome = _fit(teacher_worker, name, config, cfg.resources.teacher_workers)
+    if outcome.get("status") == "ok":  # stored in the teacher store: its checkpoints are done
+        delete_run(config["ray_storage"], name)
     ray.tune.report({STATUS_KEY: outcome.get("status", "failed"), ERROR_KEY: outcome.get("error") or ""})
