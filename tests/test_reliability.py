@@ -8,6 +8,7 @@ here each piece is tested on its own, in milliseconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import tracemalloc
@@ -368,3 +369,40 @@ def test_saved_config_round_trips() -> None:
     # The numerics check reads the saved config.yaml back; it must parse to the same config.
     cfg = _cfg()
     assert parse_config(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+# --- item 12: a student whose own loss raises fails alone ------------------------------------
+
+
+def test_a_student_whose_loss_raises_fails_alone_like_a_divergence() -> None:
+    from kd_ray.data import DATASETS
+    from kd_ray.models import create_model
+    from kd_ray.train.distill import DistillationRun
+    from kd_ray.train.runtime import Runtime
+
+    cfg = _cfg()
+    plan = plan_sweep(cfg)
+    group = [t for t in plan.trials if t.student_aug == "w"]
+    assert len(group) == 4
+    datasets = DATASETS.get("synthetic")(cfg.datasets[0])
+    torch.manual_seed(0)
+    teachers = {
+        spec.teacher_id: create_model(
+            "cnn_tiny", num_classes=datasets.num_classes, in_channels=datasets.channels
+        )
+        for spec in plan.teachers
+    }
+    run = DistillationRun(cfg, group, datasets, teachers, Runtime(torch.device("cpu")))
+    victim = run.students[1]
+
+    def broken(*args, **kwargs):
+        raise ValueError("this loss has a bug\nsecond line")
+
+    victim.loss_fn = broken
+    first = run.run_epoch(1)
+    tid = victim.trial.trial_id
+    assert first.diverged == {tid: "its loss raised at epoch 1: ValueError: this loss has a bug"}
+    assert sorted(first.reports) == sorted(t.trial_id for t in group if t.trial_id != tid)
+    second = run.run_epoch(2)
+    assert tid not in second.reports and len(second.reports) == 3
+    assert all(math.isfinite(r["train/loss"]) for r in second.reports.values())

@@ -64,6 +64,7 @@ class _Student:
     loss_fn: Callable
     teacher_keys: list[TeacherKey]  # in slot order
     diverged: str | None = None
+    raised: str | None = None  # what its own loss raised, if it did (it then fails like a divergence)
 
 
 @dataclass
@@ -200,7 +201,13 @@ class DistillationRun:
         t_logits = [o[0] for o in t_out]
         with torch.set_grad_enabled(train), self.runtime.autocast():
             s_logits = s.model(x).float()
-        loss = s.loss_fn(s_logits, t_logits, y, temperature=distill.temperature, alpha=distill.alpha)
+        try:
+            loss = s.loss_fn(s_logits, t_logits, y, temperature=distill.temperature, alpha=distill.alpha)
+        except Exception as err:  # this student's own loss: it fails alone, like a divergence
+            s.raised = s.raised or f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            # A NaN loss keeps DDP's backward in step on every rank and makes the all-reduced
+            # training loss non-finite, so every rank drops this student at the epoch's end.
+            loss = s_logits.sum() * math.nan
         if train:
             s.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -256,6 +263,8 @@ class DistillationRun:
             loss = train[s.trial.trial_id].compute()["loss"]
             if not math.isfinite(loss):
                 s.diverged = f"diverged at epoch {epoch}: training loss became {loss}"
+                if s.raised:
+                    s.diverged = f"its loss raised at epoch {epoch}: {s.raised}"
                 result.diverged[s.trial.trial_id] = s.diverged
         with torch.no_grad():
             val = self._pass(self.loaders.val, train=False)
