@@ -12,17 +12,48 @@ augmentations, losses and views are checked against their registries when the sw
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from kd_ray.errors import ConfigError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+# Seeds are stored in int64 Parquet columns; numpy's legacy seeding (scikit-learn's
+# ``random_state``, used to split some datasets) takes only 32-bit seeds.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+SplitSeed = Annotated[int, Field(ge=0, lt=2**32)]
+
+# A name that becomes part of a file or directory name under the results directory.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_UNSAFE_LABEL = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _check_label(label: str) -> str:
+    """A dataset label names teacher files and Parquet files: it must be one safe path part.
+
+    It must start with a letter or digit (``.``/``_`` files are hidden from pandas and pyarrow,
+    and ``..`` would leave the results directory) and hold no ``/``, ``\\`` or control character.
+    """
+    if not label or not label[0].isascii() or not label[0].isalnum() or _UNSAFE_LABEL.search(label):
+        raise ValueError(
+            f"{label!r} is not a safe file name: it must start with a letter or digit and contain "
+            "no '/', '\\' or control characters (it names files under the results directory)"
+        )
+    return label
 
 
 class _Strict(BaseModel):
@@ -42,7 +73,7 @@ class DatasetConfig(_Strict):
         None, description="training resolution; None keeps the native size"
     )
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    split_seed: NonNegInt = 0
+    split_seed: SplitSeed = Field(0, description="seed of the train/validation split; 0 <= seed < 2^32")
     download: bool = False
     verify_checksums: bool = Field(
         True,
@@ -57,6 +88,11 @@ class DatasetConfig(_Strict):
     num_classes: PositiveInt | None = Field(None, description="synthetic: classes")
     num_train: PositiveInt | None = Field(None, description="synthetic: training images")
     num_val: PositiveInt | None = Field(None, description="synthetic: validation images")
+
+    @field_validator("label")
+    @classmethod
+    def _safe_label(cls, v: str | None) -> str | None:
+        return v if v is None else _check_label(v)
 
     @property
     def key(self) -> str:
@@ -120,12 +156,14 @@ class GridConfig(_Strict):
     teacher_counts: tuple[Annotated[int, Field(ge=1, le=3)], ...] = (1, 2, 3)
     losses: tuple[str, ...] = ("kd", "zscore_kd")
     views: tuple[str, ...] = ("full",)
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[Seed, ...] = Field((0,), description="0 <= seed < 2^63")
     permutations: tuple[str, ...] | None = Field(None, description="e.g. ['T1s_T2w_Ss']; default: all")
 
-    @field_validator("teacher_counts", "losses", "views", "seeds")
+    @field_validator("teacher_counts", "losses", "views", "seeds", "permutations")
     @classmethod
-    def _non_empty_unique(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _non_empty_unique(cls, v: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        if v is None:  # permutations: all of them
+            return v
         if not v:
             raise ValueError("must list at least one value")
         if len(set(v)) != len(v):
@@ -180,7 +218,10 @@ class FailureConfig(_Strict):
 class SweepConfig(_Strict):
     """A whole sweep, as written in ``experiments/NAME.yaml``."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: str = Field(
+        description="the sweep's directory under the results directory: letters, digits, '_', '.', "
+        "'-', starting with a letter or digit"
+    )
     datasets: tuple[DatasetConfig, ...]
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
@@ -190,16 +231,52 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     failure: FailureConfig = FailureConfig()
-    results: str = Field("results", description="results directory or URI (overridden by --results)")
+    results: str = Field(
+        "results",
+        description="results directory or URI (overridden by --results); credentials in it "
+        "(s3://KEY:SECRET@...) are used but never saved or printed",
+    )
+
+    @field_serializer("results")
+    def _no_credentials(self, v: str) -> str:
+        # A dumped config travels into Tune's params and the saved config.yaml.
+        from kd_ray.storage import redact
+
+        return redact(v)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # Not "..", not "_teachers" (the teacher store beside the sweeps), not a hidden directory.
+        if not _SAFE_NAME.match(v):
+            raise ValueError(
+                f"{v!r} is not a safe directory name: use letters, digits, '_', '.' and '-', "
+                "starting with a letter or digit"
+            )
+        return v
 
     @field_validator("datasets")
     @classmethod
     def _unique_datasets(cls, v: tuple[DatasetConfig, ...]) -> tuple[DatasetConfig, ...]:
+        from kd_ray.results.store import _file_name  # how a label becomes part of a file name
+
         if not v:
             raise ValueError("must list at least one dataset")
         keys = [d.key for d in v]
         if len(set(keys)) != len(keys):
             raise ValueError(f"dataset labels must be unique, got {keys} (set `label`)")
+        # Unique as files too: results files replace unsafe characters, and some filesystems
+        # (macOS, Windows) ignore case.
+        seen: dict[str, str] = {}
+        for key in keys:
+            stored = _file_name(key).casefold()
+            if stored in seen:
+                raise ValueError(
+                    f"dataset labels {seen[stored]!r} and {key!r} name the same result files "
+                    f"({_file_name(key)!r}: characters other than letters, digits, '_', '.' and '-' "
+                    "become '_', and case is ignored); make the labels differ"
+                )
+            seen[stored] = key
         return v
 
     @model_validator(mode="after")
@@ -224,6 +301,8 @@ def _one_line(err: ValidationError, source: str) -> str:
         msg = "unknown key"
     elif first["type"] == "missing":
         msg = "required field is missing"
+    elif first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
     extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: {field}: {msg}{extra}"
 
@@ -246,11 +325,18 @@ def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a sweep YAML file (``yaml.safe_load`` only: no executable tags)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} at line {line}); save the config as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

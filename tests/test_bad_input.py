@@ -51,6 +51,43 @@ def test_wrong_type(tmp_path):
     assert "student.train.epochs" in user_error_line(done.stderr)
 
 
+SYNTHETIC = {"name": "synthetic", "num_train": 64, "num_val": 32}
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"name": ".."}, "name: '..' is not a safe directory name"),
+        ({"name": "_teachers"}, "name: '_teachers' is not a safe directory name"),
+        ({"datasets": [{**SYNTHETIC, "label": "../../x"}]}, "datasets.0.label: '../../x' is not a safe file name"),
+        ({"datasets": [{**SYNTHETIC, "label": "_x"}]}, "datasets.0.label: '_x' is not a safe file name"),
+        (
+            {"datasets": [{**SYNTHETIC, "label": "a b"}, {**SYNTHETIC, "label": "a_b"}]},
+            "dataset labels 'a b' and 'a_b' name the same result files",
+        ),
+        ({"grid": {"seeds": [2**63]}}, "grid.seeds.0: Input should be less than 9223372036854775808"),
+        ({"datasets": [{**SYNTHETIC, "split_seed": 2**32}]}, "datasets.0.split_seed"),
+        ({"grid": {"permutations": []}}, "grid.permutations: must list at least one value"),
+    ],
+    ids=["name-parent", "name-teacher-store", "label-escapes", "label-hidden", "labels-one-file",
+         "seed-2^63", "split-seed-2^32", "no-permutations"],
+)  # fmt: skip
+def test_unsafe_names_and_out_of_range_numbers_stop_before_anything_is_written(tmp_path, override, expected):
+    results = tmp_path / "results"
+    done = _sweep(write_config(tmp_path, override), results)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+    assert expected in user_error_line(done.stderr)
+    assert not results.exists() and not (tmp_path / "x").exists()
+
+
+def test_non_utf8_config(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes(write_config(tmp_path).read_text().replace("tiny", "caf\u00e9").encode("latin-1"))
+    done = _sweep(config, tmp_path / "results")
+    assert done.returncode == 2
+    assert f"{config}: not UTF-8 text (byte 0xe9 at line 1)" in user_error_line(done.stderr)
+
+
 def test_missing_data_directory(tmp_path):
     missing = tmp_path / "no-such-dir"
     config = write_config(tmp_path, {})

@@ -45,6 +45,30 @@ def test_config_is_frozen_and_round_trips_through_yaml(tmp_path: Path) -> None:
         ({"distill": {"alpha": 1.5}}, "distill.alpha"),
         ({"datasets": [{"name": "digits", "imbalanse": 10}]}, "datasets.0.imbalanse"),
         ({"resources": {"num_workers": 3}}, "student.train.batch_size"),
+        # Names are path parts under the results directory (issue 9, item 5).
+        ({"name": ".."}, "name: '..' is not a safe directory name"),
+        ({"name": "."}, "name: '.' is not a safe directory name"),
+        ({"name": "_teachers"}, "name: '_teachers' is not a safe directory name"),
+        ({"name": ".hidden"}, "name: '.hidden'"),
+        ({"name": "a/b"}, "name: 'a/b'"),
+        ({"datasets": [{"name": "digits", "label": "../../x"}]}, "datasets.0.label: '../../x' is not a safe"),
+        ({"datasets": [{"name": "digits", "label": "a/b"}]}, "datasets.0.label"),
+        ({"datasets": [{"name": "digits", "label": "_x"}]}, "datasets.0.label: '_x'"),
+        ({"datasets": [{"name": "digits", "label": ".x"}]}, "datasets.0.label: '.x'"),
+        ({"datasets": [{"name": "digits", "label": ""}]}, "datasets.0.label"),
+        (
+            {"datasets": [{"name": "digits", "label": "a b"}, {"name": "digits", "label": "a_b"}]},
+            "datasets: dataset labels 'a b' and 'a_b' name the same result files",
+        ),
+        (
+            {"datasets": [{"name": "digits", "label": "LT"}, {"name": "digits_lt", "label": "lt"}]},
+            "datasets: dataset labels 'LT' and 'lt' name the same result files",
+        ),
+        # Numbers numpy, torch or Parquet would refuse later, inside a worker (item 8).
+        ({"grid": {"seeds": [2**63]}}, "grid.seeds.0"),
+        ({"grid": {"seeds": [-1]}}, "grid.seeds.0"),
+        ({"datasets": [{"name": "digits", "split_seed": 2**32}]}, "datasets.0.split_seed"),
+        ({"grid": {"permutations": []}}, "grid.permutations: must list at least one value"),
     ],
 )
 def test_schema_errors_name_the_field(patch: dict, field: str) -> None:
@@ -52,6 +76,34 @@ def test_schema_errors_name_the_field(patch: dict, field: str) -> None:
         parse_config({**MINIMAL, **patch})
     message = str(err.value)
     assert field in message and "\n" not in message
+
+
+def test_safe_labels_and_largest_seeds_are_accepted() -> None:
+    cfg = parse_config(
+        {
+            **MINIMAL,
+            "datasets": [{"name": "digits", "label": "digits 10%"}, {"name": "digits", "label": "d.v2-x"}],
+            "grid": {"seeds": [0, 2**63 - 1]},
+        }
+    )
+    assert [d.key for d in cfg.datasets] == ["digits 10%", "d.v2-x"]
+
+
+def test_dumped_config_holds_no_results_credentials(tmp_path: Path) -> None:
+    cfg = parse_config({**MINIMAL, "results": "s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/runs?region=eu-west-1"})
+    assert cfg.results.startswith("s3://AKIDEXAMPLE:wJalrXUtnFEMI@")  # the CLI still gets them
+    for text in (dump_config(cfg), str(cfg.model_dump()), str(cfg.model_dump(mode="json"))):
+        assert "wJalrXUtnFEMI" not in text and "AKIDEXAMPLE" not in text
+    assert "s3://***@bucket/runs?region=eu-west-1" in dump_config(cfg)
+
+
+def test_non_utf8_config_is_one_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: t\ndatasets: [{name: digits, label: caf\u00e9}]\n".encode("latin-1"))
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"kd-ray: error: {path}: not UTF-8 text (byte 0xe9 at line 2)")
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
