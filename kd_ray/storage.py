@@ -4,15 +4,26 @@ A sweep's results directory may be a plain path, ``file:///...``, or an object s
 (``s3://bucket/prefix?endpoint_override=...``), so a cluster's workers and driver share one
 place. Writes are atomic: on a local filesystem a file is written under a temporary name and
 renamed; object stores publish an object only when its upload completes.
+
+Credentials never travel inside a URI. ``s3://KEY:SECRET@bucket/prefix`` works, but
+:meth:`Storage.open` moves the key pair into this process's environment
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, where pyarrow, Ray's storage and the Ray
+workers started from here look) and keeps only ``s3://bucket/prefix`` as the URI. So what Tune
+and Ray Train are given, save and print, and every kd_ray message, holds no secret.
+
+Every failure of the filesystem (a store that became unreachable, a directory that was removed
+or replaced mid-run) is a :class:`~kd_ray.errors.ResultsError` naming the path.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 
@@ -21,6 +32,44 @@ from kd_ray.errors import ResultsError
 
 def _is_uri(location: str) -> bool:
     return "://" in location
+
+
+# scheme://user:password@ or scheme://user@ (the part a URI must not carry through kd_ray)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\s]*)@")
+
+# Environment variables that took credentials out of a results URI; passed on to Ray's workers.
+CREDENTIAL_ENV: dict[str, str] = {}
+
+
+def redact(text: str) -> str:
+    """``text`` with the user info (credentials) of every URI in it replaced by ``***``."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}***@", str(text))
+
+
+def _take_credentials(location: str) -> str:
+    """``location`` without its userinfo; an S3 key pair in it moves into the environment.
+
+    Raises:
+        ResultsError: userinfo in a URI whose filesystem takes no credentials there.
+    """
+    match = _USERINFO.search(location)
+    if not match or match.start() != 0 or ":" not in match["userinfo"]:
+        return location  # no secret (a user name alone, as in gs://anonymous@ or hdfs://user@)
+    clean = location[: match.end("scheme")] + location[match.end() :]
+    key, _, secret = match["userinfo"].partition(":")
+    if match["scheme"].lower() != "s3://":
+        raise ResultsError(
+            f"results: {redact(location)!r}: credentials in the URI are supported for s3://KEY:SECRET@... "
+            "only; give them to the filesystem through its environment instead"
+        )
+    CREDENTIAL_ENV.update(AWS_ACCESS_KEY_ID=unquote(key), AWS_SECRET_ACCESS_KEY=unquote(secret))
+    os.environ.update(CREDENTIAL_ENV)
+    os.environ.pop("AWS_SESSION_TOKEN", None)  # belongs to other credentials, not to this pair
+    return clean
+
+
+def _fs_error(err: BaseException) -> str:
+    return redact(" ".join(str(err).split()) or type(err).__name__)
 
 
 @dataclass(frozen=True)
@@ -36,10 +85,11 @@ class Storage:
         """Storage at a local path or URI (the directory need not exist yet)."""
         location = str(location)
         if _is_uri(location):
+            location = _take_credentials(location)
             try:
                 fs, root = pafs.FileSystem.from_uri(location)
             except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError
-                raise ResultsError(f"results: cannot open {location!r}: {err}") from None
+                raise ResultsError(f"results: cannot open {location!r}: {_fs_error(err)}") from None
             return cls(fs, root.rstrip("/"), location.rstrip("/"))
         path = os.path.abspath(os.path.expanduser(location))
         return cls(pafs.LocalFileSystem(), path, path)
@@ -62,22 +112,33 @@ class Storage:
         return posixpath.join(self.root, name) if name else self.root
 
     def exists(self, name: str = "") -> bool:
-        return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
+        try:
+            return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
+        except OSError as err:
+            raise ResultsError(f"results: cannot look up {self.path(name)!r}: {_fs_error(err)}") from None
 
     def makedirs(self, name: str = "") -> None:
         try:
             self.fs.create_dir(self.path(name), recursive=True)
         except OSError as err:
-            raise ResultsError(f"results: cannot create directory {self.path(name)!r}: {err}") from None
+            raise ResultsError(
+                f"results: cannot create directory {self.path(name)!r}: {_fs_error(err)}"
+            ) from None
 
     def listdir(self, name: str = "") -> list[str]:
         """Base names of the entries of a directory (empty if it does not exist)."""
-        info = self.fs.get_file_info(pafs.FileSelector(self.path(name), allow_not_found=True))
+        try:
+            info = self.fs.get_file_info(pafs.FileSelector(self.path(name), allow_not_found=True))
+        except OSError as err:
+            raise ResultsError(f"results: cannot list {self.path(name)!r}: {_fs_error(err)}") from None
         return sorted(posixpath.basename(i.path) for i in info)
 
     def read_bytes(self, name: str) -> bytes:
-        with self.fs.open_input_stream(self.path(name)) as f:
-            return f.read()
+        try:
+            with self.fs.open_input_stream(self.path(name)) as f:
+                return f.read()
+        except OSError as err:
+            raise ResultsError(f"results: cannot read {self.path(name)!r}: {_fs_error(err)}") from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write a file so that readers see either the old or the new content, never half."""
@@ -94,10 +155,13 @@ class Storage:
                 with self.fs.open_output_stream(target) as f:
                     f.write(data)
         except OSError as err:
-            raise ResultsError(f"results: cannot write {target!r}: {err}") from None
+            raise ResultsError(f"results: cannot write {target!r}: {_fs_error(err)}") from None
 
     def check_writable(self) -> None:
         """Fail early, with one line, if results cannot be written here."""
         probe = f".kd_ray_write_probe.{uuid.uuid4().hex}"
         self.write_bytes(probe, b"")
-        self.fs.delete_file(self.path(probe))
+        try:
+            self.fs.delete_file(self.path(probe))
+        except OSError as err:
+            raise ResultsError(f"results: cannot delete {self.path(probe)!r}: {_fs_error(err)}") from None
