@@ -1,0 +1,730 @@
+"""The cohort planner: how to split each data stream's student trials into runs for a cluster.
+
+Pure Python and PyTorch (for counting FLOPs), no Ray. Given the sweep's plan, its config and the
+number of *slots* (the concurrent runs the cluster can hold: GPUs divided by the GPUs one run
+takes, or worker slots on CPU), it chooses the runs of the student phase so that the estimated
+makespan is near the lower bound while shared teacher passes are kept::
+
+    from kd_ray.cohort import plan_cohorts, slots_for
+    cohorts = plan_cohorts(plan, cfg, slots=slots_for(cfg, gpus=8))
+    print("\\n".join(cohorts.describe()))
+    for run in cohorts.runs:          # what the sweep hands to Ray, one Train run each
+        run.trials                    # tuple[StudentTrial, ...], all of one stream
+
+Public API:
+
+* :func:`plan_cohorts` ``(plan, cfg, slots, *, cost=None, tolerance=0.02, teachers=None)``
+  → :class:`CohortPlan`: ``runs`` (:class:`CohortRun`: ``stream``, ``trials``, ``flops``,
+  ``seconds``, ``teacher_forwards``, ``slot``, ``start_s``), ``makespan_s``, ``lower_bound_s``,
+  ``slot_hours``, ``gpu_hours``, ``teacher_forwards`` (per image, all runs), the same figures for
+  one run per trial (``baseline_*``), the teacher phase (``teacher_*``), and ``describe()`` /
+  ``format()`` for ``--dry-run``.
+* :class:`CostModel` ``.from_config(cfg, *, seconds_per_flop=..., run_overhead_s=..., facts=None)``:
+  ``run_flops(trials)``, ``run_seconds(trials)``, ``teacher_seconds()``; the FLOPs per image come
+  from :func:`forward_flops` ``(arch, *, num_classes, in_channels, image_size)`` (cached), the
+  dataset sizes from :func:`dataset_facts` ``(dataset_cfg)`` → :class:`DatasetFacts`.
+* :func:`slots_for` ``(cfg, *, gpus=None, cpus=None)``: the slots a cluster of that size holds.
+* :func:`lpt_schedule` ``(durations, slots)``: list scheduling, longest first; the makespan estimate.
+
+**Cost model** (docs/cohorts.md). A run trains the students of one stream together (see
+``kd_ray.train.distill``): per image, each distinct teacher *input* runs once (one forward per
+teacher in the full view; per (teacher, slot, k) in the split view, where k = 1 is the full
+image) and each student takes one training step (:data:`TRAIN_STEP_FORWARDS` = 3 forwards:
+forward, backward for activations and for weights); every epoch then evaluates on ``val`` and
+``val_aug`` (:data:`EVAL_PASSES` = 2), teachers and students forward only. So a run of ``n``
+students with ``K`` distinct teacher inputs costs ``K·a + n·b`` FLOPs, with
+``a = E·(N_train + 2·N_val)·F_teacher`` and ``b = E·(3·N_train + 2·N_val)·F_student``, ``E`` the
+student epochs, ``N`` the split sizes and ``F`` the FLOPs of one forward of one image at the
+dataset's training resolution (``torch.utils.flop_counter`` on the meta device). Seconds are
+FLOPs × ``seconds_per_flop`` (a per-slot rate; calibrate it with a measured step) plus a fixed
+``run_overhead_s`` per run (starting a Ray Train run).
+
+**Splitting rule.** Students of one stream that see the same teacher inputs form a unit; a stream
+is cut into ``m`` chunks by placing its units (a unit is cut into students only when it is too
+large for the chunk size ``m`` implies), largest first, each into the chunk where the resulting
+chunk costs least, so that a unit joins the chunk that already runs its teachers unless that
+unbalances the chunks; then single moves between chunks lower the largest chunk. Chunk counts
+start at one run per stream, and the stream holding the costliest run is cut one chunk finer at a
+time until that run is a single student; every step is scheduled longest-first onto the slots,
+and the plan kept is the one of least total work among those whose makespan is within
+``tolerance`` of the best seen. ``resources.trials_per_run``, when set, overrides all this: each
+stream is cut in plan order into chunks of at most that many students
+(:func:`kd_ray.plan.stream_groups`), as the sweep always did.
+
+**Lower bound.** No plan beats ``max(W / slots, w_max)``: ``W`` is the work of one run per stream
+(any cut only repeats teacher passes) and ``w_max`` the costliest single student in a run of its
+own (its teacher passes included), which no run can be smaller than.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kd_ray.config import DatasetConfig, SweepConfig
+from kd_ray.errors import ConfigError
+from kd_ray.plan import StudentTrial, SweepPlan, TeacherSpec, stream_groups, stream_key
+
+TRAIN_STEP_FORWARDS = 3.0  # one training step ≈ a forward and a backward of twice its cost
+EVAL_PASSES = 2  # each epoch evaluates on ``val`` and ``val_aug``
+# One slot's sustained FLOP rate: a 2023-class datacentre GPU training ResNets at 224 px under
+# bf16 autocast and channels_last (~2600 ResNet-50 training images/s). Calibrate for other
+# hardware; on CPU it is some 1000× too fast.
+DEFAULT_FLOPS_PER_SECOND = 64e12
+DEFAULT_SECONDS_PER_FLOP = 1.0 / DEFAULT_FLOPS_PER_SECOND
+# Starting one Ray Train run (controller, workers, imports), measured on the demo (issue 10).
+DEFAULT_RUN_OVERHEAD_S = 30.0
+
+
+# --- What a dataset costs per epoch ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What the cost model needs of a dataset: its shape and split sizes."""
+
+    num_classes: int
+    channels: int
+    input_size: int  # side of the images the models see (after any device-side resize)
+    train_images: int
+    val_images: int
+
+
+def dataset_facts(dataset: DatasetConfig) -> DatasetFacts:
+    """Sizes of ``dataset``; the file datasets without reading them.
+
+    CIFAR-100 (-LT) and ImageNet (-LT) are known from their published splits (``imagenet_lt``
+    assumes the published split files). Other datasets (digits, synthetic: generated in memory,
+    or a third-party registration) are built and measured, which may read their files.
+    """
+    from kd_ray.data.long_tail import long_tail_counts
+
+    name, size = dataset.name, dataset.image_size
+    if name in ("cifar100", "cifar100_lt"):
+        train = 50000
+        if name == "cifar100_lt":
+            imbalance = 100.0 if dataset.imbalance is None else dataset.imbalance
+            train = sum(long_tail_counts(500, 100, imbalance))
+        return DatasetFacts(100, 3, size or 32, train, 10000)
+    if name == "imagenet":
+        return DatasetFacts(1000, 3, size or 224, 1281167, 50000)
+    if name == "imagenet_lt":
+        return DatasetFacts(1000, 3, size or 224, 115846, 50000)
+    from kd_ray.data import DATASETS
+
+    built = DATASETS.get(name)(dataset)
+    return DatasetFacts(
+        built.num_classes, built.channels, size or built.native_size, len(built.train), len(built.val)
+    )
+
+
+@functools.cache
+def forward_flops(arch: str, *, num_classes: int, in_channels: int, image_size: int) -> int:
+    """FLOPs of one forward pass of one image through ``arch`` (a multiply-add counts 2).
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` on a model built on the meta device
+    (no weights are allocated; resnet50 at 224 takes ~0.1 s), on CPU if the model cannot be
+    built there; cached per (arch, classes, channels, size).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kd_ray.models import create_model
+
+    def count(device: str) -> int:
+        with torch.device(device):
+            model = create_model(
+                arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+            )
+        model.eval()
+        x = torch.zeros(1, in_channels, image_size, image_size, device=device)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+        return int(counter.get_total_flops())
+
+    try:
+        return count("meta")
+    except (NotImplementedError, RuntimeError):
+        return count("cpu")
+
+
+def _teacher_key(teacher_id: str, view: str, slot: int, k: int) -> tuple:
+    # Same rule as kd_ray.train.distill.teacher_key (a test holds them equal), kept here so the
+    # planner does not import the training loop.
+    if view == "full" or (view == "split" and k == 1):
+        return (teacher_id,)
+    return (teacher_id, view, slot, k)
+
+
+@functools.lru_cache(maxsize=65536)
+def _inputs_of(trial: StudentTrial) -> frozenset[tuple]:
+    return frozenset(
+        _teacher_key(tid, trial.view, slot, trial.n_teachers) for slot, tid in enumerate(trial.teacher_ids, 1)
+    )
+
+
+def teacher_inputs(trials: Iterable[StudentTrial]) -> frozenset[tuple]:
+    """The distinct teacher inputs of ``trials`` trained in one run: teacher forwards per image."""
+    return frozenset().union(*(_inputs_of(t) for t in trials))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """FLOPs and seconds of runs: ``K·key_flops + n·student_flops`` per dataset (module docstring).
+
+    Build it with :meth:`from_config`; the per-dataset figures are plain numbers, so a test or a
+    calibration can also construct one directly.
+    """
+
+    key_flops: Mapping[str, float]  # dataset key → FLOPs of one teacher input over a whole run
+    student_flops: Mapping[str, float]  # dataset key → FLOPs of one student over a whole run
+    teacher_run_flops: Mapping[str, float]  # dataset key → FLOPs of training one teacher
+    seconds_per_flop: float = DEFAULT_SECONDS_PER_FLOP
+    run_overhead_s: float = DEFAULT_RUN_OVERHEAD_S
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: SweepConfig,
+        *,
+        seconds_per_flop: float = DEFAULT_SECONDS_PER_FLOP,
+        run_overhead_s: float = DEFAULT_RUN_OVERHEAD_S,
+        facts: Mapping[str, DatasetFacts] | None = None,
+    ) -> CostModel:
+        """The cost model of ``cfg``'s datasets and models.
+
+        Args:
+            seconds_per_flop: one slot's measured seconds per FLOP (default: a modern GPU).
+            run_overhead_s: fixed seconds to start a run.
+            facts: dataset key → :class:`DatasetFacts`, to override :func:`dataset_facts`.
+        """
+        if seconds_per_flop <= 0 or run_overhead_s < 0:
+            raise ConfigError("cost model: seconds_per_flop must be > 0 and run_overhead_s >= 0")
+        key_flops, student_flops, teacher_flops = {}, {}, {}
+        s_epochs, t_epochs = cfg.student.train.epochs, cfg.teacher.train.epochs
+        for dataset in cfg.datasets:
+            f = (facts or {}).get(dataset.key) or dataset_facts(dataset)
+            shape = {"num_classes": f.num_classes, "in_channels": f.channels, "image_size": f.input_size}
+            f_t = forward_flops(cfg.teacher.arch, **shape)
+            f_s = forward_flops(cfg.student.arch, **shape)
+            key_flops[dataset.key] = s_epochs * (f.train_images + EVAL_PASSES * f.val_images) * f_t
+            student_flops[dataset.key] = (
+                s_epochs * (TRAIN_STEP_FORWARDS * f.train_images + EVAL_PASSES * f.val_images) * f_s
+            )
+            # A teacher trains on its split and evaluates once per epoch on ``val``.
+            teacher_flops[dataset.key] = (
+                t_epochs * (TRAIN_STEP_FORWARDS * f.train_images + f.val_images) * f_t
+            )
+        return cls(key_flops, student_flops, teacher_flops, seconds_per_flop, run_overhead_s)
+
+    def run_flops(self, trials: Sequence[StudentTrial]) -> float:
+        """FLOPs of one run training ``trials`` (one stream) together."""
+        dataset = trials[0].dataset
+        return (
+            len(teacher_inputs(trials)) * self.key_flops[dataset] + len(trials) * self.student_flops[dataset]
+        )
+
+    def seconds(self, flops: float) -> float:
+        """Seconds of a run of ``flops`` on one slot, start-up included."""
+        return flops * self.seconds_per_flop + self.run_overhead_s
+
+    def run_seconds(self, trials: Sequence[StudentTrial]) -> float:
+        return self.seconds(self.run_flops(trials))
+
+    def teacher_flops(self, teacher: TeacherSpec) -> float:
+        """FLOPs of training ``teacher`` (its own run)."""
+        return self.teacher_run_flops[teacher.dataset]
+
+
+# --- Scheduling -------------------------------------------------------------------------------
+
+
+def lpt_schedule(durations: Sequence[float], slots: int) -> tuple[float, list[tuple[int, float]]]:
+    """List scheduling, longest first, onto ``slots`` identical slots.
+
+    Returns the makespan and, per duration (in the given order), ``(slot, start)``. This is how
+    Ray starts queued runs as slots free up, if it takes them longest first.
+    """
+    if slots < 1:
+        raise ConfigError(f"cohort plan: slots must be at least 1, got {slots}")
+    heap = [(0.0, s) for s in range(slots)]
+    placed: list[tuple[int, float]] = [(0, 0.0)] * len(durations)
+    for i in sorted(range(len(durations)), key=lambda i: (-durations[i], i)):
+        load, slot = heapq.heappop(heap)
+        placed[i] = (slot, load)
+        heapq.heappush(heap, (load + durations[i], slot))
+    return max((load for load, _ in heap), default=0.0), placed
+
+
+def slots_for(cfg: SweepConfig, *, gpus: int | None = None, cpus: float | None = None) -> int:
+    """Concurrent student runs a cluster of ``gpus`` GPUs (or ``cpus`` CPUs) holds, at least 1.
+
+    A run takes ``num_workers × gpus_per_worker`` GPUs when ``gpus_per_worker > 0``, else
+    ``num_workers × cpus_per_worker`` CPUs.
+    """
+    res = cfg.resources
+    if res.gpus_per_worker > 0 and gpus is not None:
+        return max(1, int(gpus / (res.num_workers * res.gpus_per_worker) + 1e-9))
+    if cpus is not None:
+        return max(1, int(cpus / (res.num_workers * res.cpus_per_worker) + 1e-9))
+    if gpus is not None:  # a CPU config sized by a GPU count: one run per "GPU"
+        return max(1, int(gpus))
+    raise ConfigError("cohort plan: give the cluster's size (gpus or cpus)")
+
+
+# --- Splitting one stream ------------------------------------------------------------------------
+
+
+def _units(trials: Sequence[StudentTrial]) -> list[list[StudentTrial]]:
+    """Students that see the same teacher inputs, in plan order of first appearance."""
+    units: dict[frozenset, list[StudentTrial]] = {}
+    for t in trials:
+        units.setdefault(teacher_inputs([t]), []).append(t)
+    return list(units.values())
+
+
+class _Chunk:
+    """A run being built: its students and their teacher inputs with multiplicities."""
+
+    def __init__(self, cost: CostModel, dataset: str) -> None:
+        self.a = cost.key_flops[dataset]
+        self.b = cost.student_flops[dataset]
+        self.keys: dict[tuple, int] = {}
+        self.trials: list[StudentTrial] = []
+
+    @property
+    def flops(self) -> float:
+        return len(self.keys) * self.a + len(self.trials) * self.b
+
+    def flops_with(self, piece: Sequence[StudentTrial], keys: frozenset) -> float:
+        new = sum(1 for k in keys if k not in self.keys)
+        return (len(self.keys) + new) * self.a + (len(self.trials) + len(piece)) * self.b
+
+    def flops_without(self, piece: Sequence[StudentTrial], counts: Mapping[tuple, int]) -> float:
+        gone = sum(1 for k, c in counts.items() if self.keys[k] == c)
+        return (len(self.keys) - gone) * self.a + (len(self.trials) - len(piece)) * self.b
+
+    def add(self, piece: Sequence[StudentTrial], counts: Mapping[tuple, int]) -> None:
+        self.trials.extend(piece)
+        for k, c in counts.items():
+            self.keys[k] = self.keys.get(k, 0) + c
+
+    def remove(self, piece: Sequence[StudentTrial], counts: Mapping[tuple, int]) -> None:
+        ids = {t.trial_id for t in piece}
+        self.trials = [t for t in self.trials if t.trial_id not in ids]
+        for k, c in counts.items():
+            self.keys[k] -= c
+            if not self.keys[k]:
+                del self.keys[k]
+
+
+def _key_counts(piece: Sequence[StudentTrial]) -> dict[tuple, int]:
+    counts: dict[tuple, int] = {}
+    for t in piece:
+        for k in teacher_inputs([t]):
+            counts[k] = counts.get(k, 0) + 1
+    return counts
+
+
+def split_stream(trials: Sequence[StudentTrial], m: int, cost: CostModel) -> list[tuple[StudentTrial, ...]]:
+    """Cut one stream's ``trials`` into at most ``m`` runs balanced by cost (splitting rule above).
+
+    Returns the runs, each in plan order, ordered by their first trial's plan position.
+    """
+    m = max(1, min(m, len(trials)))
+    if m == 1:
+        return [tuple(trials)]
+    dataset = trials[0].dataset
+    order = {t.trial_id: i for i, t in enumerate(trials)}
+    # Pieces: units, the costliest cut in halves until there are m pieces and none is larger
+    # than the mean chunk (one run per stream's work / m) unless it is a single student.
+    pieces = _units(trials)
+
+    def alone(piece: Sequence[StudentTrial]) -> float:
+        return cost.run_flops(piece)
+
+    while True:
+        pieces.sort(key=lambda p: (-alone(p), order[p[0].trial_id]))
+        big = next((i for i, p in enumerate(pieces) if len(p) > 1), None)
+        if big is None or len(pieces) >= m:
+            break
+        piece = pieces.pop(big)
+        half = (len(piece) + 1) // 2
+        pieces += [piece[:half], piece[half:]]
+    chunks = [_Chunk(cost, dataset) for _ in range(m)]
+    infos = [(p, teacher_inputs(p), _key_counts(p)) for p in pieces]
+    for piece, keys, counts in infos:
+        best = min(
+            range(m),
+            key=lambda c: (chunks[c].flops_with(piece, keys), -len(keys & chunks[c].keys.keys()), c),
+        )
+        chunks[best].add(piece, counts)
+    _improve(chunks, infos)
+    _improve(chunks, [((t,), teacher_inputs([t]), _key_counts([t])) for t in trials])
+    runs = [tuple(sorted(c.trials, key=lambda t: order[t.trial_id])) for c in chunks if c.trials]
+    return sorted(runs, key=lambda r: order[r[0].trial_id])
+
+
+def _improve(chunks: list[_Chunk], infos: list, rounds: int = 200) -> None:
+    """Move pieces out of the costliest chunk while that lowers the larger of the two chunks."""
+    owner = {t.trial_id: c for c in chunks for t in c.trials}
+    where = {id(p): owner[p[0].trial_id] for p, _, _ in infos}
+    for _ in range(rounds):
+        top = max(chunks, key=lambda c: c.flops)
+        best = None
+        for piece, keys, counts in infos:
+            if where[id(piece)] is not top:
+                continue
+            without = top.flops_without(piece, counts)
+            for other in chunks:
+                if other is top:
+                    continue
+                pair = max(without, other.flops_with(piece, keys))
+                if pair < top.flops - 1e-9 * top.flops and (best is None or pair < best[0]):
+                    best = (pair, piece, counts, other)
+        if best is None:
+            return
+        _, piece, counts, other = best
+        top.remove(piece, counts)
+        other.add(piece, counts)
+        where[id(piece)] = other
+
+
+# --- The plan ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CohortRun:
+    """One run of the student phase: trials of one stream, trained together on one slot."""
+
+    stream: tuple[str, str, int]  # kd_ray.plan.stream_key of its trials
+    trials: tuple[StudentTrial, ...]  # in plan order
+    flops: float
+    seconds: float  # flops × seconds_per_flop + run_overhead_s
+    teacher_forwards: int  # distinct teacher inputs: teacher forward passes per image
+    slot: int = 0  # where the longest-first estimate places it (0-based)
+    start_s: float = 0.0  # when, in that estimate
+
+
+@dataclass(frozen=True)
+class CohortPlan:
+    """The runs of the student phase and what they are estimated to cost; ``describe()`` prints it.
+
+    ``runs`` are ordered longest first: submitted in that order to a scheduler that starts the
+    next run whenever a slot frees, they give ``makespan_s``. Seconds are estimates on ``slots``
+    identical slots; ``*_hours`` sum run times, not wall time. ``baseline_*`` are the same
+    figures for one run per trial; ``teacher_*`` estimate the teacher phase, which runs first.
+    """
+
+    slots: int
+    runs: tuple[CohortRun, ...]
+    makespan_s: float
+    lower_bound_s: float  # max(total_work_s / slots, largest_unit_s): no plan can beat it
+    total_work_s: float  # one run per stream: the least work any plan does
+    largest_unit_s: float  # the costliest single student in a run of its own
+    gpus_per_slot: float  # num_workers × gpus_per_worker (0 on CPU)
+    baseline_makespan_s: float
+    baseline_work_s: float
+    baseline_teacher_forwards: int
+    teacher_runs: int = 0
+    teacher_makespan_s: float = 0.0
+    teacher_work_s: float = 0.0
+    gpus_per_teacher: float = 0.0
+    override: int | None = None  # resources.trials_per_run, when it decided the runs
+    cost: CostModel | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def work_s(self) -> float:
+        """Sum of the runs' seconds (slot-seconds)."""
+        return sum(r.seconds for r in self.runs)
+
+    @property
+    def slot_hours(self) -> float:
+        return self.work_s / 3600
+
+    @property
+    def gpu_hours(self) -> float:
+        """GPU-hours of the student runs (slot-hours on CPU)."""
+        return self.slot_hours * (self.gpus_per_slot or 1.0)
+
+    @property
+    def baseline_gpu_hours(self) -> float:
+        return self.baseline_work_s / 3600 * (self.gpus_per_slot or 1.0)
+
+    @property
+    def teacher_gpu_hours(self) -> float:
+        return self.teacher_work_s / 3600 * (self.gpus_per_teacher or 1.0)
+
+    @property
+    def teacher_forwards(self) -> int:
+        """Teacher forward passes per image, summed over the runs (minimal: one run per stream)."""
+        return sum(r.teacher_forwards for r in self.runs)
+
+    @property
+    def saving(self) -> float:
+        """Fraction of the student phase's compute saved against one run per trial."""
+        return 1.0 - self.work_s / self.baseline_work_s if self.baseline_work_s else 0.0
+
+    @property
+    def gap(self) -> float:
+        """Makespan over the lower bound, minus one (0.05: 5% above the bound)."""
+        return self.makespan_s / self.lower_bound_s - 1.0 if self.lower_bound_s else 0.0
+
+    @property
+    def busy(self) -> float:
+        """Fraction of slot time the runs keep busy until the makespan (1.0: no slot idles)."""
+        return self.work_s / (self.slots * self.makespan_s) if self.makespan_s else 1.0
+
+    def describe(self) -> list[str]:
+        """Human-readable lines: runs and their students, GPU-hours, makespan, saving."""
+        unit = "GPU" if self.gpus_per_slot else "slot"
+        n_trials = sum(len(r.trials) for r in self.runs)
+        how = (
+            f"resources.trials_per_run = {self.override}"
+            if self.override
+            else "balanced by cost, teacher-sharing students together"
+        )
+        lines = [
+            f"student runs: {len(self.runs)} for {n_trials} trials on {self.slots} slot(s) "
+            f"({self.gpus_per_slot:g} GPU each)"
+            if self.gpus_per_slot
+            else f"student runs: {len(self.runs)} for {n_trials} trials on {self.slots} slot(s)",
+            f"  ({how})",
+        ]
+        for i, run in enumerate(sorted(self.runs, key=lambda r: (r.slot, r.start_s)), 1):
+            dataset, aug, seed = run.stream
+            lines.append(
+                f"  {i:>3}. slot {run.slot + 1}, from {_duration(run.start_s)}: {dataset} S{aug} seed {seed}, "
+                f"{len(run.trials)} student(s), {run.teacher_forwards} teacher fwd/image, {_duration(run.seconds)}"
+            )
+            lines.append(f"       {_compact(run.trials)}")
+        lines += [
+            "",
+            f"estimated {unit}-hours: {self.gpu_hours:,.1f} for the students"
+            + (
+                f" + {self.teacher_gpu_hours:,.1f} for {self.teacher_runs} teacher(s)"
+                if self.teacher_runs
+                else ""
+            ),
+            f"estimated makespan: {_duration(self.makespan_s)} for the students, {self.busy:.0%} of slot time busy"
+            + (
+                f"; {_duration(self.teacher_makespan_s + self.makespan_s)} with the teachers first"
+                if self.teacher_runs
+                else ""
+            ),
+            f"  lower bound {_duration(self.lower_bound_s)} = max(least work / slots "
+            f"{_duration(self.total_work_s / self.slots)}, largest student {_duration(self.largest_unit_s)});"
+            f" makespan {self.gap:+.1%} (cuts repeat teacher passes, which the bound does not count)",
+            f"saving against one run per trial: {self.saving:.0%} of the compute "
+            f"({self.baseline_gpu_hours:,.1f} {unit}-hours), teacher forwards per image "
+            f"{self.teacher_forwards} instead of {self.baseline_teacher_forwards}, makespan "
+            f"{_duration(self.baseline_makespan_s)} instead",
+        ]
+        if self.cost is not None:
+            lines.append(
+                f"(cost model: FLOPs from the models at {1 / self.cost.seconds_per_flop / 1e12:g} TFLOP/s "
+                f"per slot, {self.cost.run_overhead_s:g} s to start a run; docs/cohorts.md)"
+            )
+        return lines
+
+    def format(self) -> str:
+        """``describe()`` as one string."""
+        return "\n".join(self.describe())
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _compact(trials: Sequence[StudentTrial]) -> str:
+    """``T1w_T2s_Ss[kd,zscore_kd] ...``: each perm with the losses (and views) trained."""
+    by_perm: dict[str, list[str]] = {}
+    views = {t.view for t in trials}
+    for t in trials:
+        by_perm.setdefault(t.perm, []).append(t.loss if len(views) == 1 else f"{t.loss}/{t.view}")
+    return " ".join(f"{perm}[{','.join(v)}]" for perm, v in by_perm.items())
+
+
+def _streams(trials: Sequence[StudentTrial]) -> dict[tuple, list[StudentTrial]]:
+    streams: dict[tuple, list[StudentTrial]] = {}
+    for t in trials:
+        streams.setdefault(stream_key(t), []).append(t)
+    return streams
+
+
+def plan_cohorts(
+    plan: SweepPlan,
+    cfg: SweepConfig,
+    slots: int,
+    *,
+    cost: CostModel | None = None,
+    tolerance: float = 0.02,
+    trials: Sequence[StudentTrial] | None = None,
+    teachers: Sequence[TeacherSpec] | None = None,
+) -> CohortPlan:
+    """Choose the student runs of ``plan`` for ``slots`` concurrent runs (module docstring).
+
+    Args:
+        plan: the sweep's plan (:func:`kd_ray.plan.plan_sweep`).
+        cfg: the sweep config (models, epochs, datasets, ``resources``).
+        slots: concurrent runs the cluster can hold (:func:`slots_for`).
+        cost: the cost model; default ``CostModel.from_config(cfg)``.
+        tolerance: among plans whose makespan is within this fraction of the best one found,
+            keep the one of least work (fewest repeated teacher passes).
+        trials: the trials to plan (default all of ``plan.trials``; e.g. those left on resume).
+        teachers: the teachers still to train (default all of ``plan.teachers``).
+
+    Raises:
+        ConfigError: ``slots`` below 1.
+    """
+    if not isinstance(slots, int) or slots < 1:
+        raise ConfigError(f"cohort plan: slots must be a whole number of at least 1, got {slots!r}")
+    cost = cost or CostModel.from_config(cfg)
+    trials = list(plan.trials if trials is None else trials)
+    streams = _streams(trials)
+    sec = cost.run_seconds
+    work = sum(sec(s) for s in streams.values())
+    largest = max((sec([t]) for t in trials), default=0.0)
+
+    override = cfg.resources.trials_per_run
+    if not trials:
+        runs = []
+    elif override:
+        runs = stream_groups(trials, override)
+    else:
+        runs = _search(streams, slots, cost, tolerance)
+    position = {t.trial_id: i for i, t in enumerate(trials)}
+    runs = sorted(runs, key=lambda r: (-sec(r), position[r[0].trial_id]))  # longest first
+    durations = [sec(r) for r in runs]
+    makespan, placed = lpt_schedule(durations, slots)
+    singles = [sec([t]) for t in trials]
+    res = cfg.resources
+    teachers = list(plan.teachers if teachers is None else teachers)
+    t_secs = [cost.seconds(cost.teacher_flops(t)) for t in teachers]
+    # Teachers run on the same GPUs (or CPUs), teacher_workers per run.
+    t_slots = max(1, slots * res.num_workers // res.teacher_workers)
+    return CohortPlan(
+        slots=slots,
+        runs=tuple(
+            CohortRun(stream_key(r[0]), tuple(r), cost.run_flops(r), d, len(teacher_inputs(r)), slot, start)
+            for r, d, (slot, start) in zip(runs, durations, placed, strict=True)
+        ),
+        makespan_s=makespan,
+        lower_bound_s=max(work / slots, largest),
+        total_work_s=work,
+        largest_unit_s=largest,
+        gpus_per_slot=res.num_workers * res.gpus_per_worker,
+        baseline_makespan_s=lpt_schedule(singles, slots)[0],
+        baseline_work_s=sum(singles),
+        baseline_teacher_forwards=sum(len(teacher_inputs([t])) for t in trials),
+        teacher_runs=len(teachers),
+        teacher_makespan_s=lpt_schedule(t_secs, t_slots)[0],
+        teacher_work_s=sum(t_secs),
+        gpus_per_teacher=res.teacher_workers * res.gpus_per_worker,
+        override=override,
+        cost=cost,
+    )
+
+
+def _search(
+    streams: Mapping[tuple, list[StudentTrial]], slots: int, cost: CostModel, tolerance: float
+) -> list[tuple[StudentTrial, ...]]:
+    """Chunk counts per stream: cut the stream of the costliest run finer, one chunk at a time."""
+    counts = {key: 1 for key in streams}
+    cache: dict[tuple, list[tuple[StudentTrial, ...]]] = {}
+
+    def split(key) -> list[tuple[StudentTrial, ...]]:
+        if (key, counts[key]) not in cache:
+            cache[(key, counts[key])] = split_stream(streams[key], counts[key], cost)
+        return cache[(key, counts[key])]
+
+    seen: list[tuple[float, float, list[tuple[StudentTrial, ...]]]] = []
+    while True:
+        runs = [r for key in streams for r in split(key)]
+        durations = [cost.run_seconds(r) for r in runs]
+        makespan, _ = lpt_schedule(durations, slots)
+        seen.append((makespan, sum(durations), runs))
+        if sum(durations) / slots > min(m for m, _, _ in seen) * (1 + tolerance):
+            break  # cutting finer adds work: no later plan can be faster than this one's work
+        top = max(range(len(runs)), key=lambda i: durations[i])
+        key = stream_key(runs[top][0])
+        if len(runs[top]) == 1 or counts[key] >= len(streams[key]):
+            break
+        counts[key] += 1
+    runs = _fill_slots(streams, slots, cost)
+    durations = [cost.run_seconds(r) for r in runs]
+    seen.append((lpt_schedule(durations, slots)[0], sum(durations), runs))
+    best = min(m for m, _, _ in seen)
+    return min((s for s in seen if s[0] <= best * (1 + tolerance)), key=lambda s: (s[1], s[0]))[2]
+
+
+def _fill_slots(
+    streams: Mapping[tuple, list[StudentTrial]], slots: int, cost: CostModel
+) -> list[tuple[StudentTrial, ...]]:
+    """Another candidate: place units straight onto slots, one run per (slot, stream).
+
+    Units, largest first, each onto the slot whose load (its runs' seconds) grows least in
+    total, joining that slot's run of the same stream; then single students move off the most
+    loaded slot while that lowers the larger of the two slots. Balances unequal cuts (e.g. 5
+    slots for 2 streams) that equal chunks per stream cannot.
+    """
+    order = {t.trial_id: i for s in streams.values() for i, t in enumerate(s)}
+    slots = min(slots, sum(len(s) for s in streams.values()))  # a run holds at least one student
+    loads = [dict() for _ in range(slots)]  # slot → stream → _Chunk
+
+    def load(slot: dict) -> float:
+        return sum(cost.seconds(c.flops) for c in slot.values() if c.trials)
+
+    def load_with(slot: dict, key, piece, keys) -> float:
+        chunk = slot.get(key)
+        if chunk is None or not chunk.trials:
+            return load(slot) + cost.seconds(cost.run_flops(piece))
+        return (
+            load(slot)
+            - chunk.flops * cost.seconds_per_flop
+            + chunk.flops_with(piece, keys) * cost.seconds_per_flop
+        )
+
+    units = [(key, u) for key, trials in streams.items() for u in _units(trials)]
+    units.sort(key=lambda ku: (-cost.run_flops(ku[1]), order[ku[1][0].trial_id]))
+    for key, unit in units:
+        keys = teacher_inputs(unit)
+        s = min(range(slots), key=lambda i: (load_with(loads[i], key, unit, keys), i))
+        loads[s].setdefault(key, _Chunk(cost, unit[0].dataset)).add(unit, _key_counts(unit))
+    for _ in range(4 * sum(len(s) for s in streams.values())):
+        current = [load(s) for s in loads]
+        top = max(range(slots), key=lambda i: current[i])
+        best = None
+        for key, chunk in loads[top].items():
+            for t in chunk.trials:
+                piece, keys, counts = (t,), teacher_inputs([t]), _key_counts([t])
+                left = chunk.flops_without(piece, counts)
+                rest = (
+                    current[top]
+                    - cost.seconds(chunk.flops)
+                    + (cost.seconds(left) if len(chunk.trials) > 1 else 0.0)
+                )
+                for other in range(slots):
+                    if other == top:
+                        continue
+                    pair = max(rest, load_with(loads[other], key, piece, keys))
+                    if pair < current[top] * (1 - 1e-9) and (best is None or pair < best[0]):
+                        best = (pair, key, t, counts, other)
+        if best is None:
+            break
+        _, key, t, counts, other = best
+        loads[top][key].remove((t,), counts)
+        loads[other].setdefault(key, _Chunk(cost, t.dataset)).add((t,), counts)
+    runs = [
+        tuple(sorted(c.trials, key=lambda t: order[t.trial_id]))
+        for s in loads
+        for c in s.values()
+        if c.trials
+    ]
+    return sorted(runs, key=lambda r: (list(streams).index(stream_key(r[0])), order[r[0].trial_id]))
