@@ -284,7 +284,13 @@ def _run_correlation(
     result = rank_correlation_test(frame)
     note = ""
     if result.n_strata == 0:
-        note = f"no stratum holds three configurations with both {x} and {y}"
+        varies = frame.dropna(subset=["x", "y"]).groupby("stratum")[["x", "y"]].nunique()
+        constant = [c for c, col in (("x", x), ("y", y)) if not (varies[c] > 1).any()]
+        if constant and len(varies):
+            names = " and ".join({"x": x, "y": y}[c] for c in constant)
+            note = f"{names} does not vary within any stratum"
+        else:
+            note = f"no stratum holds three configurations with both {x} and {y}"
     return result, note
 
 
@@ -316,20 +322,31 @@ def _pairs(trials: pd.DataFrame, part: Paired | Equivalent) -> tuple[pd.DataFram
 
 
 def _row(
-    claim: str, i: int, role: str, statistic: str, strata: str, sign: int, result: TestResult, note: str
+    claim: str, i: int, role: str, part: Part, label: str, strata: str, result: TestResult, note: str
 ) -> dict:
+    """One row of :func:`claim_parts`; ``label`` names what was tested, e.g. ``ρ(affinity, ece)``."""
+    sign = part.sign
     part_verdict = _part_verdict(result, sign)
     if part_verdict == "inconclusive" and not note and role != CONTEXT:
         if result.n_needed is None:
             note = "no effect observed; no n would show the claimed direction" if sign else ""
         else:
-            note = f"n = {result.n}; about {result.n_needed} units would detect the observed effect (80% power, unadjusted α)"
+            note = (
+                f"n = {result.n}; about {result.n_needed} units would detect the observed effect "
+                "(80% power, unadjusted α)"
+            )
+    if isinstance(part, Correlation):
+        x, y = label[2:-1].split(", ")
+        statistic = part.describe(x, y)
+    else:
+        statistic = part.describe()
     return {
         "claim": claim,
         "part": i,
         "role": role,
         "claim_text": CLAIMS[claim].text,
         "statistic": statistic,
+        "label": label,
         "strata": strata,
         "expected_sign": sign,
         "value": result.value,
@@ -369,83 +386,47 @@ def claim_parts(trials: pd.DataFrame) -> pd.DataFrame:
     for claim_id, claim in CLAIMS.items():
         for i, part in enumerate(claim.parts, 1):
             if isinstance(part, Correlation):
-                x, y = part.x, part.y
-                if x == "mi_mm" and ("mi_mm" not in ok or ok["mi_mm"].isna().all()):
-                    x, note_mi = "mi", "plug-in MI: these results have no Miller–Madow column"
-                else:
-                    note_mi = ""
-                strata = part.strata(ok)
-                result, note = _run_correlation(ok, part, x, y, strata)
-                note = "; ".join(s for s in (note, note_mi) if s)
-                rows.append(
-                    _row(
-                        claim_id,
-                        i,
-                        PRIMARY,
-                        part.describe(x, y),
-                        _strata_text(strata),
-                        part.sign,
-                        result,
-                        note,
-                    )
-                )
-                if part.by_student_aug:
-                    pooled = part.strata(ok, pooled=True)
-                    result, note = _run_correlation(ok, part, x, y, pooled)
-                    rows.append(
-                        _row(
-                            claim_id,
-                            i,
-                            POOLED,
-                            part.describe(x, y),
-                            _strata_text(pooled),
-                            part.sign,
-                            result,
-                            note,
-                        )
-                    )
-                if part.val_columns:
-                    vx, vy = part.val_columns
-                    if vx == "val_mi_mm" and note_mi:
-                        vx = "val_mi"
-                    result, note = _run_correlation(ok, part, vx, vy, strata)
-                    rows.append(
-                        _row(
-                            claim_id,
-                            i,
-                            VAL_SPLIT,
-                            part.describe(vx, vy),
-                            _strata_text(strata),
-                            part.sign,
-                            result,
-                            note,
-                        )
-                    )
+                rows += _correlation_rows(ok, claim_id, i, part)
+                continue
+            pairs, note = _pairs(ok, part)
+            if pairs.empty:
+                result = EMPTY
+            elif isinstance(part, Equivalent):
+                result = equivalence_test(pairs, part.margin)
             else:
-                pairs, note = _pairs(ok, part)
-                if pairs.empty:
-                    result = EMPTY
-                elif isinstance(part, Equivalent):
-                    result = equivalence_test(pairs, part.margin)
-                else:
-                    result = paired_test(pairs)
-                rows.append(_row(claim_id, i, PRIMARY, part.describe(), "paired", part.sign, result, note))
-        for part in claim.context:
+                result = paired_test(pairs)
+            rows.append(_row(claim_id, i, PRIMARY, part, _paired_label(part), "paired", result, note))
+        for j, part in enumerate(claim.context, len(claim.parts) + 1):
             pairs, note = _pairs(ok, part)
             result = paired_test(pairs) if not pairs.empty else EMPTY
-            rows.append(
-                _row(
-                    claim_id,
-                    len(claim.parts) + 1,
-                    CONTEXT,
-                    part.describe(),
-                    "paired",
-                    part.sign,
-                    result,
-                    note,
-                )
-            )
+            rows.append(_row(claim_id, j, CONTEXT, part, _paired_label(part), "paired", result, note))
     return pd.DataFrame(rows)
+
+
+def _paired_label(part: Paired | Equivalent) -> str:
+    return f"Δ{part.metric} ({part.treated} − {part.control})"
+
+
+def _correlation_rows(ok: pd.DataFrame, claim_id: str, i: int, part: Correlation) -> list[dict]:
+    """The primary row of a correlation part, and its pooled and clean-val rows where it has them."""
+    x, y, note_mi = part.x, part.y, ""
+    if x == "mi_mm" and ("mi_mm" not in ok or ok["mi_mm"].isna().all()):
+        x, note_mi = "mi", "plug-in MI: these results have no Miller–Madow column"
+    strata = part.strata(ok)
+    result, note = _run_correlation(ok, part, x, y, strata)
+    note = "; ".join(s for s in (note, note_mi) if s)
+    rows = [_row(claim_id, i, PRIMARY, part, f"ρ({x}, {y})", _strata_text(strata), result, note)]
+    if part.by_student_aug:
+        pooled = part.strata(ok, pooled=True)
+        result, note = _run_correlation(ok, part, x, y, pooled)
+        rows.append(_row(claim_id, i, POOLED, part, f"ρ({x}, {y})", _strata_text(pooled), result, note))
+    if part.val_columns:
+        vx, vy = part.val_columns
+        if vx == "val_mi_mm" and note_mi:
+            vx = "val_mi"
+        result, note = _run_correlation(ok, part, vx, vy, strata)
+        rows.append(_row(claim_id, i, VAL_SPLIT, part, f"ρ({vx}, {vy})", _strata_text(strata), result, note))
+    return rows
 
 
 def _decision(parts: pd.DataFrame) -> tuple[float, str, pd.Series]:
@@ -492,14 +473,21 @@ def _pooled_note(claim_parts_: pd.DataFrame) -> str:
 
 
 def _robustness_note(claim_parts_: pd.DataFrame) -> str:
-    rows = claim_parts_[claim_parts_["role"].isin([VAL_SPLIT, CONTEXT])]
+    """The clean-val-split and context rows of a claim, in words."""
     notes = []
-    for r in rows.itertuples():
-        what = "clean val split" if r.role == VAL_SPLIT else r.statistic.split(",")[1].strip().split(" (")[0]
-        value = "–" if not math.isfinite(r.value) else f"{r.value:.3g}"
-        p = "–" if not math.isfinite(r.p_value) else f"{r.p_value:.3g}"
-        notes.append(f"{what}: {value}, p = {p} ({r.verdict})" if not r.note else f"{what}: {r.note}")
+    for r in claim_parts_[claim_parts_["role"].isin([VAL_SPLIT, CONTEXT])].itertuples():
+        what = f"{r.label} on the clean val split" if r.role == VAL_SPLIT else r.label
+        if math.isfinite(r.value):
+            notes.append(f"{what}: {r.value:.3g}, p = {r.p_value:.3g} (unadjusted: {r.verdict})")
+        else:
+            notes.append(f"{what}: {r.note or 'no data'}")
     return "; ".join(notes)
+
+
+def _part_summary(r) -> str:
+    if not math.isfinite(r.p_value):
+        return f"part {r.part} ({r.label}): not tested ({r.note or 'no data'})"
+    return f"part {r.part} ({r.label}): {r.verdict} (p = {r.p_value:.3g})"
 
 
 def claims_check(trials: pd.DataFrame) -> pd.DataFrame:
@@ -533,9 +521,7 @@ def summarize_claims(parts: pd.DataFrame) -> pd.DataFrame:
         row["robustness"] = _robustness_note(group)
         notes = [row["note"], CLAIMS[claim_id].note]
         if len(primary) > 1:
-            notes.append(
-                "; ".join(f"part {r.part}: {r.verdict} (p = {r.p_value:.3g})" for r in primary.itertuples())
-            )
+            notes.append("; ".join(_part_summary(r) for r in primary.itertuples()))
         row["note"] = "; ".join(s for s in notes if s)
         rows.append(row)
     out = pd.DataFrame(rows)
