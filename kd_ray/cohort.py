@@ -635,7 +635,11 @@ def plan_cohorts(
 def _search(
     streams: Mapping[tuple, list[StudentTrial]], slots: int, cost: CostModel, tolerance: float
 ) -> list[tuple[StudentTrial, ...]]:
-    """Chunk counts per stream: cut the stream of the costliest run finer, one chunk at a time."""
+    """Candidate cuts, scheduled longest first; the least work among the near-fastest wins.
+
+    Chunk counts per stream start at 1, and the stream of the costliest run is cut one chunk
+    finer at a time; then the slot-filling cut (:func:`_fill_slots`) and one run per trial.
+    """
     counts = {key: 1 for key in streams}
     cache: dict[tuple, list[tuple[StudentTrial, ...]]] = {}
 
@@ -657,9 +661,10 @@ def _search(
         if len(runs[top]) == 1 or counts[key] >= len(streams[key]):
             break
         counts[key] += 1
-    runs = _fill_slots(streams, slots, cost)
-    durations = [cost.run_seconds(r) for r in runs]
-    seen.append((lpt_schedule(durations, slots)[0], sum(durations), runs))
+    singles = [(t,) for trials in streams.values() for t in trials]
+    for runs in (_fill_slots(streams, slots, cost), singles):
+        durations = [cost.run_seconds(r) for r in runs]
+        seen.append((lpt_schedule(durations, slots)[0], sum(durations), runs))
     best = min(m for m, _, _ in seen)
     return min((s for s in seen if s[0] <= best * (1 + tolerance)), key=lambda s: (s[1], s[0]))[2]
 
