@@ -1,59 +1,68 @@
-"""The cohort planner: how to split each data stream's student trials into runs for a cluster.
+"""The cohort planner: how to cut each data stream's student trials into runs for a cluster.
 
-Pure Python and PyTorch (for counting FLOPs), no Ray. Given the sweep's plan, its config and the
-number of *slots* (the concurrent runs the cluster can hold: GPUs divided by the GPUs one run
-takes, or worker slots on CPU), it chooses the runs of the student phase so that the estimated
-makespan is near the lower bound while shared teacher passes are kept::
+Pure Python and PyTorch (to count FLOPs on the meta device), no Ray. Given the sweep's plan, its
+config and the number of *slots* -- the concurrent runs the cluster can hold: GPUs divided by the
+GPUs one run takes, or CPUs divided by the CPUs one run takes (:func:`slots_for`) -- it chooses
+the runs of the student phase so that the estimated makespan is near its lower bound while
+shared teacher passes are kept, and says what the sweep will cost::
 
     from kd_ray.cohort import plan_cohorts, slots_for
-    cohorts = plan_cohorts(plan, cfg, slots=slots_for(cfg, gpus=8))
-    print("\\n".join(cohorts.describe()))
-    for run in cohorts.runs:          # what the sweep hands to Ray, one Train run each
+    cohorts = plan_cohorts(plan, cfg, slots_for(cfg, gpus=8))
+    print(cohorts.format())           # what `kd-ray sweep CONFIG --dry-run --gpus 8` shows
+    for run in cohorts.runs:          # longest first: one Ray Train run each, in this order
         run.trials                    # tuple[StudentTrial, ...], all of one stream
 
 Public API:
 
-* :func:`plan_cohorts` ``(plan, cfg, slots, *, cost=None, tolerance=0.02, teachers=None)``
-  → :class:`CohortPlan`: ``runs`` (:class:`CohortRun`: ``stream``, ``trials``, ``flops``,
-  ``seconds``, ``teacher_forwards``, ``slot``, ``start_s``), ``makespan_s``, ``lower_bound_s``,
-  ``slot_hours``, ``gpu_hours``, ``teacher_forwards`` (per image, all runs), the same figures for
-  one run per trial (``baseline_*``), the teacher phase (``teacher_*``), and ``describe()`` /
-  ``format()`` for ``--dry-run``.
-* :class:`CostModel` ``.from_config(cfg, *, seconds_per_flop=..., run_overhead_s=..., facts=None)``:
-  ``run_flops(trials)``, ``run_seconds(trials)``, ``teacher_seconds()``; the FLOPs per image come
-  from :func:`forward_flops` ``(arch, *, num_classes, in_channels, image_size)`` (cached), the
-  dataset sizes from :func:`dataset_facts` ``(dataset_cfg)`` → :class:`DatasetFacts`.
-* :func:`slots_for` ``(cfg, *, gpus=None, cpus=None)``: the slots a cluster of that size holds.
-* :func:`lpt_schedule` ``(durations, slots)``: list scheduling, longest first; the makespan estimate.
+* ``plan_cohorts(plan, cfg, slots, *, cost=None, tolerance=0.02, trials=None, teachers=None)
+  -> CohortPlan``. :class:`CohortPlan`: ``runs`` (:class:`CohortRun`: ``stream``, ``trials``,
+  ``flops``, ``seconds``, ``teacher_forwards``, ``slot``, ``start_s``), ``makespan_s``,
+  ``lower_bound_s`` (with its parts ``total_work_s`` and ``largest_unit_s``), ``work_s``,
+  ``slot_hours``, ``gpu_hours``, ``busy``, ``gap``, ``teacher_forwards`` (per image, all runs),
+  ``saving`` and ``baseline_*`` (one run per trial), ``teacher_*`` (the teacher phase, which runs
+  first), ``override`` (``resources.trials_per_run`` when it decided), ``describe() -> list[str]``
+  and ``format() -> str``.
+* ``CostModel.from_config(cfg, *, seconds_per_flop=None, run_overhead_s=30.0, facts=None)``:
+  ``run_flops(trials)``, ``run_seconds(trials)``, ``teacher_flops(teacher)``, ``seconds(flops)``;
+  or ``CostModel(key_flops, student_flops, teacher_run_flops, seconds_per_flop, run_overhead_s)``
+  with plain numbers per dataset key.
+* ``forward_flops(arch, *, num_classes, in_channels, image_size) -> int`` (cached),
+  ``dataset_facts(dataset_cfg) -> DatasetFacts``, ``default_seconds_per_flop(cfg)``.
+* ``slots_for(cfg, *, gpus=None, cpus=None) -> int``; ``lpt_schedule(durations, slots) ->
+  (makespan, [(slot, start), ...])``; ``split_stream(trials, m, cost)``;
+  ``teacher_inputs(trials) -> frozenset`` (the teacher forwards per image of one run).
 
-**Cost model** (docs/cohorts.md). A run trains the students of one stream together (see
-``kd_ray.train.distill``): per image, each distinct teacher *input* runs once (one forward per
-teacher in the full view; per (teacher, slot, k) in the split view, where k = 1 is the full
-image) and each student takes one training step (:data:`TRAIN_STEP_FORWARDS` = 3 forwards:
-forward, backward for activations and for weights); every epoch then evaluates on ``val`` and
-``val_aug`` (:data:`EVAL_PASSES` = 2), teachers and students forward only. So a run of ``n``
-students with ``K`` distinct teacher inputs costs ``K·a + n·b`` FLOPs, with
-``a = E·(N_train + 2·N_val)·F_teacher`` and ``b = E·(3·N_train + 2·N_val)·F_student``, ``E`` the
-student epochs, ``N`` the split sizes and ``F`` the FLOPs of one forward of one image at the
-dataset's training resolution (``torch.utils.flop_counter`` on the meta device). Seconds are
-FLOPs × ``seconds_per_flop`` (a per-slot rate; calibrate it with a measured step) plus a fixed
-``run_overhead_s`` per run (starting a Ray Train run).
+**Cost model** (docs/cohorts.md). A run trains the students of one stream together
+(``kd_ray.train.distill``): per image, each distinct teacher *input* runs once -- one forward per
+teacher in the full view, one per (teacher, slot, k) in the split view, where k = 1's only strip
+is the full image -- and each student takes one training step (:data:`TRAIN_STEP_FORWARDS` = 3
+forwards); every epoch then evaluates teachers and students on ``val`` and ``val_aug``
+(:data:`EVAL_PASSES` = 2, forward only). A run of ``n`` students with ``K`` distinct teacher
+inputs costs ``K·a + n·b`` FLOPs, with ``a = E·(N_train + 2·N_val)·F_teacher`` and
+``b = E·(3·N_train + 2·N_val)·F_student``: ``E`` student epochs, ``N`` split sizes, ``F`` the
+FLOPs of one image's forward at the training resolution. Seconds are FLOPs × ``seconds_per_flop``
+(one slot's rate: measure it, or take :func:`default_seconds_per_flop`) plus ``run_overhead_s``
+to start a run. A teacher's run costs ``E_teacher·(3·N_train + N_val)·F_teacher``.
 
-**Splitting rule.** Students of one stream that see the same teacher inputs form a unit; a stream
-is cut into ``m`` chunks by placing its units (a unit is cut into students only when it is too
-large for the chunk size ``m`` implies), largest first, each into the chunk where the resulting
-chunk costs least, so that a unit joins the chunk that already runs its teachers unless that
-unbalances the chunks; then single moves between chunks lower the largest chunk. Chunk counts
-start at one run per stream, and the stream holding the costliest run is cut one chunk finer at a
-time until that run is a single student; every step is scheduled longest-first onto the slots,
-and the plan kept is the one of least total work among those whose makespan is within
-``tolerance`` of the best seen. ``resources.trials_per_run``, when set, overrides all this: each
-stream is cut in plan order into chunks of at most that many students
-(:func:`kd_ray.plan.stream_groups`), as the sweep always did.
+**Splitting rule.** Students of one stream that see the same teacher inputs form a *unit*. Three
+kinds of candidate plans are scheduled longest-first (:func:`lpt_schedule`) onto the slots:
+(1) each stream cut into ``m`` cost-balanced chunks (:func:`split_stream`: units, largest first,
+each into the chunk it makes least costly, so a unit joins a chunk already running its
+teachers unless that unbalances the chunks; then moves of units and of single students off the
+costliest chunk), starting from ``m = 1`` and cutting the stream of the costliest run one chunk
+finer at a time until that run is one student or cutting only adds work; (2) units placed
+straight onto slots, one run per (slot, stream), which balances uneven cuts such as 2 streams on
+5 slots; (3) one run per trial. Of the candidates whose makespan is within ``tolerance`` of the
+best, the one of least work (fewest repeated teacher passes) is kept. ``resources.trials_per_run``,
+when set, decides instead: each stream is cut in plan order into runs of at most that many
+students (:func:`kd_ray.plan.stream_groups`), as the sweep always did.
 
 **Lower bound.** No plan beats ``max(W / slots, w_max)``: ``W`` is the work of one run per stream
-(any cut only repeats teacher passes) and ``w_max`` the costliest single student in a run of its
-own (its teacher passes included), which no run can be smaller than.
+(a cut only repeats teacher passes) and ``w_max`` the costliest single student in a run of its
+own (its teacher passes included). The bound does not count the teacher passes a cut must repeat,
+so where many slots share few streams no plan reaches it: on ``experiments/cifar100.yaml`` with 8
+slots the plan is 4 runs of 7 students per stream, each with 4 teacher inputs, +28% over the
+bound, and every slot busy to the end (``busy`` = 100%).
 """
 
 from __future__ import annotations
@@ -69,11 +78,12 @@ from kd_ray.plan import StudentTrial, SweepPlan, TeacherSpec, stream_groups, str
 
 TRAIN_STEP_FORWARDS = 3.0  # one training step ≈ a forward and a backward of twice its cost
 EVAL_PASSES = 2  # each epoch evaluates on ``val`` and ``val_aug``
-# One slot's sustained FLOP rate: a 2023-class datacentre GPU training ResNets at 224 px under
-# bf16 autocast and channels_last (~2600 ResNet-50 training images/s). Calibrate for other
-# hardware; on CPU it is some 1000× too fast.
-DEFAULT_FLOPS_PER_SECOND = 64e12
-DEFAULT_SECONDS_PER_FLOP = 1.0 / DEFAULT_FLOPS_PER_SECOND
+# Sustained FLOP rates, per GPU and per CPU core, when no measured one is given. GPU: an
+# A100-class GPU training ResNets at 224 px under bf16 autocast and channels_last (~2600
+# ResNet-50 training images/s). CPU: the demo's small CNNs in plain processes (issue 10: 1.7
+# TFLOP in 56 s on 2 cores); large convolutions run a few times faster per core.
+GPU_FLOPS_PER_SECOND = 64e12
+CPU_FLOPS_PER_SECOND = 15e9
 # Starting one Ray Train run (controller, workers, imports), measured on the demo (issue 10).
 DEFAULT_RUN_OVERHEAD_S = 30.0
 
@@ -181,7 +191,7 @@ class CostModel:
     key_flops: Mapping[str, float]  # dataset key → FLOPs of one teacher input over a whole run
     student_flops: Mapping[str, float]  # dataset key → FLOPs of one student over a whole run
     teacher_run_flops: Mapping[str, float]  # dataset key → FLOPs of training one teacher
-    seconds_per_flop: float = DEFAULT_SECONDS_PER_FLOP
+    seconds_per_flop: float = 1.0 / GPU_FLOPS_PER_SECOND
     run_overhead_s: float = DEFAULT_RUN_OVERHEAD_S
 
     @classmethod
@@ -189,17 +199,19 @@ class CostModel:
         cls,
         cfg: SweepConfig,
         *,
-        seconds_per_flop: float = DEFAULT_SECONDS_PER_FLOP,
+        seconds_per_flop: float | None = None,
         run_overhead_s: float = DEFAULT_RUN_OVERHEAD_S,
         facts: Mapping[str, DatasetFacts] | None = None,
     ) -> CostModel:
         """The cost model of ``cfg``'s datasets and models.
 
         Args:
-            seconds_per_flop: one slot's measured seconds per FLOP (default: a modern GPU).
+            seconds_per_flop: one slot's measured seconds per FLOP (default: :func:`default_seconds_per_flop`).
             run_overhead_s: fixed seconds to start a run.
             facts: dataset key → :class:`DatasetFacts`, to override :func:`dataset_facts`.
         """
+        if seconds_per_flop is None:
+            seconds_per_flop = default_seconds_per_flop(cfg)
         if seconds_per_flop <= 0 or run_overhead_s < 0:
             raise ConfigError("cost model: seconds_per_flop must be > 0 and run_overhead_s >= 0")
         key_flops, student_flops, teacher_flops = {}, {}, {}
@@ -236,6 +248,15 @@ class CostModel:
     def teacher_flops(self, teacher: TeacherSpec) -> float:
         """FLOPs of training ``teacher`` (its own run)."""
         return self.teacher_run_flops[teacher.dataset]
+
+
+def default_seconds_per_flop(cfg: SweepConfig) -> float:
+    """One student slot's seconds per FLOP when none is measured: :data:`GPU_FLOPS_PER_SECOND`
+    per GPU (or :data:`CPU_FLOPS_PER_SECOND` per CPU) of a run, DDP taken as scaling linearly."""
+    res = cfg.resources
+    if res.gpus_per_worker > 0:
+        return 1.0 / (GPU_FLOPS_PER_SECOND * res.num_workers * res.gpus_per_worker)
+    return 1.0 / (CPU_FLOPS_PER_SECOND * res.num_workers * res.cpus_per_worker)
 
 
 # --- Scheduling -------------------------------------------------------------------------------
@@ -502,9 +523,9 @@ class CohortPlan:
             lines.append(f"       {_compact(run.trials)}")
         lines += [
             "",
-            f"estimated {unit}-hours: {self.gpu_hours:,.1f} for the students"
+            f"estimated {unit}-hours: {_figure(self.gpu_hours)} for the students"
             + (
-                f" + {self.teacher_gpu_hours:,.1f} for {self.teacher_runs} teacher(s)"
+                f" + {_figure(self.teacher_gpu_hours)} for {self.teacher_runs} teacher(s)"
                 if self.teacher_runs
                 else ""
             ),
@@ -516,22 +537,33 @@ class CohortPlan:
             ),
             f"  lower bound {_duration(self.lower_bound_s)} = max(least work / slots "
             f"{_duration(self.total_work_s / self.slots)}, largest student {_duration(self.largest_unit_s)});"
-            f" makespan {self.gap:+.1%} (cuts repeat teacher passes, which the bound does not count)",
+            f" makespan {self.gap:+.1%}"
+            + (
+                " (cut streams repeat teacher passes, which the bound does not count)"
+                if self.gap > 0.01
+                else ""
+            ),
             f"saving against one run per trial: {self.saving:.0%} of the compute "
-            f"({self.baseline_gpu_hours:,.1f} {unit}-hours), teacher forwards per image "
-            f"{self.teacher_forwards} instead of {self.baseline_teacher_forwards}, makespan "
-            f"{_duration(self.baseline_makespan_s)} instead",
+            f"({_figure(self.gpu_hours)} instead of {_figure(self.baseline_gpu_hours)} {unit}-hours); "
+            f"{self.teacher_forwards} teacher forwards per image instead of {self.baseline_teacher_forwards}; "
+            f"makespan {_duration(self.makespan_s)} instead of {_duration(self.baseline_makespan_s)}",
         ]
         if self.cost is not None:
+            rate = 1 / self.cost.seconds_per_flop
+            rate_text = f"{rate / 1e12:.3g} TFLOP/s" if rate >= 1e12 else f"{rate / 1e9:.3g} GFLOP/s"
             lines.append(
-                f"(cost model: FLOPs from the models at {1 / self.cost.seconds_per_flop / 1e12:g} TFLOP/s "
-                f"per slot, {self.cost.run_overhead_s:g} s to start a run; docs/cohorts.md)"
+                f"(cost model: FLOPs counted on the models, {rate_text} per slot, "
+                f"{self.cost.run_overhead_s:g} s to start a run; see docs/cohorts.md)"
             )
         return lines
 
     def format(self) -> str:
         """``describe()`` as one string."""
         return "\n".join(self.describe())
+
+
+def _figure(hours: float) -> str:
+    return f"{hours:,.1f}" if hours >= 10 else f"{hours:.2g}"
 
 
 def _duration(seconds: float) -> str:
@@ -606,7 +638,8 @@ def plan_cohorts(
     singles = [sec([t]) for t in trials]
     res = cfg.resources
     teachers = list(plan.teachers if teachers is None else teachers)
-    t_secs = [cost.seconds(cost.teacher_flops(t)) for t in teachers]
+    # A teacher run has teacher_workers workers where a student slot has num_workers.
+    t_secs = [cost.seconds(cost.teacher_flops(t) * res.num_workers / res.teacher_workers) for t in teachers]
     # Teachers run on the same GPUs (or CPUs), teacher_workers per run.
     t_slots = max(1, slots * res.num_workers // res.teacher_workers)
     return CohortPlan(

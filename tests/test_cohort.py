@@ -281,9 +281,14 @@ def test_start_up_cost_keeps_tiny_runs_together() -> None:
     """When starting a run costs more than its training, cutting a stream never pays."""
     cfg = load_config(REPO / "experiments" / "digits_study.yaml")
     plan = plan_sweep(cfg)
-    cohorts = plan_cohorts(plan, cfg, 64)
+    fast = CostModel.from_config(cfg, seconds_per_flop=1 / 64e12)  # a GPU: seconds of FLOPs
+    cohorts = plan_cohorts(plan, cfg, 64, cost=fast)
     _check_plan(plan, cohorts)
     assert len(cohorts.runs) == len({stream_key(t) for t in plan.trials})
+    # On its own CPU slots the training outweighs the start-up, and the streams are cut.
+    cohorts = plan_cohorts(plan, cfg, 64)
+    _check_plan(plan, cohorts)
+    assert len(cohorts.runs) > len({stream_key(t) for t in plan.trials})
 
 
 def test_random_grids_keep_the_invariants() -> None:
@@ -324,4 +329,4 @@ def test_describe_prints_runs_hours_makespan_and_saving(cifar100) -> None:
     assert "lower bound" in text
     assert f"saving against one run per trial: {cohorts.saving:.0%}" in text
     assert 0.4 < cohorts.saving < 0.7
-    assert "teacher forwards per image 32 instead of 136" in text
+    assert "32 teacher forwards per image instead of 136" in text
