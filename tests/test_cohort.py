@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kd_ray.cohort import (
@@ -330,3 +331,47 @@ def test_describe_prints_runs_hours_makespan_and_saving(cifar100) -> None:
     assert f"saving against one run per trial: {cohorts.saving:.0%}" in text
     assert 0.4 < cohorts.saving < 0.7
     assert "32 teacher forwards per image instead of 136" in text
+
+
+def test_no_plan_on_8_slots_beats_the_cifar100_cut(cifar100) -> None:
+    """Why the 8-slot plan sits 28% above the bound: no plan does better (a proof by MILP).
+
+    On a slot, runs of one stream can merge without raising its load, so take one run per
+    (slot, stream). If every slot's load were below ``M = 4a + 7b``, so would every run be; the
+    integer program below finds that one stream's students then need at least 18 teacher inputs
+    in all (each student in a run holding its teachers, each run's ``K·a + n·b < M``), so the two
+    streams' work is at least ``36a + 56b > 8·M``: more than 8 slots can do in time ``M``.
+    """
+    from scipy.optimize import LinearConstraint, milp
+
+    from kd_ray.cohort import _units
+
+    cfg, plan, cost = cifar100
+    a, b = cost.key_flops["cifar100"], cost.student_flops["cifar100"]
+    stream = [t for t in plan.trials if t.student_aug == "w"]
+    units = _units(stream)
+    needs = [teacher_inputs(u) for u in units]
+    keys = sorted(teacher_inputs(stream))
+    below = 4 * a + 7 * b - 1e-6 * b
+    sets = [frozenset(c) for r in range(1, len(keys) + 1) for c in itertools.combinations(keys, r)]
+    cap = {s: int((below - len(s) * a) // b) for s in sets}
+    sets = [s for s in sets if cap[s] >= 1]
+    # Variables: runs per key set, then students of each unit placed in runs of each key set.
+    pairs = [(u, i) for u in range(len(units)) for i, s in enumerate(sets) if needs[u] <= s]
+    n = len(sets) + len(pairs)
+    rows, lo, hi = [], [], []
+    for u, unit in enumerate(units):
+        row = np.zeros(n)
+        row[[len(sets) + j for j, (v, _) in enumerate(pairs) if v == u]] = 1
+        rows, lo, hi = [*rows, row], [*lo, len(unit)], [*hi, len(unit)]
+    for i, s in enumerate(sets):
+        row = np.zeros(n)
+        row[i] = -cap[s]
+        row[[len(sets) + j for j, (_, k) in enumerate(pairs) if k == i]] = 1
+        rows, lo, hi = [*rows, row], [*lo, -np.inf], [*hi, 0]
+    objective = np.concatenate([[len(s) for s in sets], np.zeros(len(pairs))])
+    res = milp(objective, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(n))
+    assert res.status == 0 and round(res.fun) == 18
+    assert 2 * (18 * a + 28 * b) > 8 * (4 * a + 7 * b)
+    cohorts = plan_cohorts(plan, cfg, 8, cost=cost)
+    assert cohorts.makespan_s == pytest.approx(cost.seconds(4 * a + 7 * b))
