@@ -350,7 +350,7 @@ def _key_counts(piece: Sequence[StudentTrial]) -> dict[tuple, int]:
 
 
 def split_stream(trials: Sequence[StudentTrial], m: int, cost: CostModel) -> list[tuple[StudentTrial, ...]]:
-    """Cut one stream's ``trials`` into at most ``m`` runs balanced by cost (splitting rule above).
+    """Cut one stream's ``trials`` into at most ``m`` runs balanced by cost (module docstring).
 
     Returns the runs, each in plan order, ordered by their first trial's plan position.
     """
@@ -359,8 +359,8 @@ def split_stream(trials: Sequence[StudentTrial], m: int, cost: CostModel) -> lis
         return [tuple(trials)]
     dataset = trials[0].dataset
     order = {t.trial_id: i for i, t in enumerate(trials)}
-    # Pieces: units, the costliest cut in halves until there are m pieces and none is larger
-    # than the mean chunk (one run per stream's work / m) unless it is a single student.
+    # Pieces: units, the costliest cut in halves while there are fewer pieces than chunks;
+    # the moves of single students below cut them further where that balances the chunks.
     pieces = _units(trials)
 
     def alone(piece: Sequence[StudentTrial]) -> float:
