@@ -12,16 +12,19 @@ already on the device, so data loading is left out: it is measured by the loader
     python benchmarks/kd_throughput.py                          # 224 px, batch 128, on cuda if any
     python benchmarks/kd_throughput.py --size 64 --batch 8 --steps 3 --warmup 1   # a quick CPU run
     python benchmarks/kd_throughput.py --json results/kd_throughput.json
+    python benchmarks/kd_throughput.py --configs fp32,bf16+cl --markdown out.md   # two rows only
 
 Every configuration builds fresh models from the same seed, warms up (cuDNN autotuning, lazy
-allocations), then times ``--steps`` steps between two device synchronisations.
+allocations), then times ``--steps`` steps between two device synchronisations. The ``ratio``
+column is each row's images/s over the ``fp32`` row's (always measured, first). "fp32" means
+PyTorch's defaults on the device: on CUDA cuDNN may run fp32 convolutions in TF32, and the header
+line says whether it does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import math
 import platform
@@ -37,6 +40,14 @@ from kd_ray.losses import LOSSES
 from kd_ray.metrics import SplitMetrics
 from kd_ray.models import capture_attention, create_model
 from kd_ray.train.runtime import Runtime
+
+# --configs names: (bf16 autocast, channels-last), in the table's default order.
+CONFIGS: dict[str, tuple[bool, bool]] = {
+    "fp32": (False, False),
+    "cl": (False, True),
+    "bf16": (True, False),
+    "bf16+cl": (True, True),
+}
 
 
 @dataclass(frozen=True)
@@ -68,9 +79,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
     parser.add_argument("--no-metrics", action="store_true", help="leave out the metric updates")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated settings to time, from {', '.join(CONFIGS)} (default: all); "
+        "fp32, the ratio's baseline, is always timed first",
+    )
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="also write a Markdown section (command, machine, table)"
+    )
     args = parser.parse_args(argv)
     if min(args.size, args.batch, args.steps, args.teachers) < 1 or args.warmup < 0:
         parser.error("--size, --batch, --steps and --teachers must be positive, --warmup >= 0")
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown or not names:
+        parser.error(
+            f"--configs: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(CONFIGS)}"
+        )
+    args.configs = ["fp32", *dict.fromkeys(c for c in names if c != "fp32")]
     return args
 
 
@@ -158,8 +185,29 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def resolve_device(args: argparse.Namespace) -> torch.device:
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def precision_note(device: torch.device) -> str:
+    """Whether "fp32" means IEEE fp32 or TF32 for convolutions and matmuls on this device."""
+    if device.type != "cuda":
+        return "fp32 is IEEE fp32"
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    try:
+        if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):  # torch >= 2.9
+            conv, mm = cudnn.conv.fp32_precision, matmul.fp32_precision
+            conv_tf32 = conv == "tf32" or (conv == "none" and cudnn.allow_tf32)
+            mm_tf32 = mm == "tf32" or (mm == "none" and matmul.allow_tf32)
+        else:
+            conv_tf32, mm_tf32 = cudnn.allow_tf32, matmul.allow_tf32
+    except RuntimeError:  # legacy and new TF32 flags were mixed by someone
+        return "TF32 settings unreadable"
+    return f"fp32 convolutions in {'TF32' if conv_tf32 else 'IEEE fp32'}, matmuls in {'TF32' if mm_tf32 else 'IEEE fp32'}"
+
+
 def run(args: argparse.Namespace) -> list[Result]:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     if args.threads:
@@ -167,7 +215,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     name = device_name(device)
     rows: list[Result] = []
     baseline = None
-    for amp, channels_last in itertools.product((False, True), repeat=2):
+    for amp, channels_last in (CONFIGS[c] for c in args.configs):
         images_per_s, peak = measure(args, device, amp, channels_last)
         baseline = baseline or images_per_s
         rows.append(
@@ -202,14 +250,45 @@ def format_table(rows: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: list[Result], args: argparse.Namespace, header: str, argv: list[str]) -> str:
+    """A section for benchmarks/RESULTS.md: what ran, on what, and the table."""
+    command = " ".join(["python benchmarks/kd_throughput.py", *argv])
+    lines = [
+        "### KD step throughput (benchmarks/kd_throughput.py)",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {rows[0].device}; torch {torch.__version__}, CUDA {torch.version.cuda or '-'}; "
+        f"{platform.python_implementation()} {platform.python_version()}",
+        f"- {header}",
+        "",
+        "| amp | channels_last | images/s | ratio to fp32 | peak GiB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        peak = "-" if r.peak_mem_gib is None else f"{r.peak_mem_gib:.2f}"
+        lines.append(
+            f"| {'bf16' if r.amp else 'off'} | {'on' if r.channels_last else 'off'} | "
+            f"{r.images_per_s:.1f} | {r.ratio:.2f} | {peak} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    print(
+    device = resolve_device(args)
+    header = (
         f"KD step: {args.teachers} x {args.teacher_arch} (frozen, CAM hooks) -> {args.student_arch}, "
-        f"loss {args.loss}, {args.steps} timed steps after {args.warmup} warm-up; torch {torch.__version__}"
+        f"loss {args.loss}, {args.size} px, batch {args.batch}, {args.steps} timed steps after "
+        f"{args.warmup} warm-up; {precision_note(device)}; torch {torch.__version__}"
     )
+    print(header)
     rows = run(args)
     print(format_table(rows))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(format_markdown(rows, args, header, argv))
+        print(f"wrote {args.markdown}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
