@@ -1,13 +1,16 @@
 """The ``kd-ray`` command line (SPEC §4).
 
-User errors (config, data, checkpoints, results directory) print one line and exit 2, with no
-traceback; a sweep in which some trials failed exits 1 after writing everything that finished.
+User errors (config, data, checkpoints, results directory, cluster) print one line and exit 2,
+with no traceback; a sweep in which some trials failed exits 1 after writing everything that
+finished. Ctrl-C stops the sweep, says how to continue it (``--resume``) and exits 130.
+Credentials in a results URI are never printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +18,7 @@ from kd_ray.errors import KdRayError
 
 EXIT_USER_ERROR = 2
 EXIT_TRIALS_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 def _print_plan(cfg, plan) -> None:
@@ -38,6 +42,11 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_plan(cfg, plan)
         return 0
+    import os
+
+    from kd_ray.orchestration.preflight import check_ray_address
+
+    check_ray_address(os.environ.get("RAY_ADDRESS"))  # in seconds, before anything is written
     from kd_ray.orchestration.sweep import run_sweep
 
     results = args.results or cfg.results
@@ -90,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that continues the interrupted sweep ``args`` describes."""
+    from kd_ray.storage import redact
+
+    words = ["kd-ray", "sweep", args.config]
+    if args.results:
+        words += ["--results", redact(args.results)]
+    return " ".join(shlex.quote(w) for w in words) + " --resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="kd-ray: %(message)s")
@@ -97,11 +116,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KdRayError as err:
-        print(f"kd-ray: error: {err}", file=sys.stderr)
+        from kd_ray.storage import redact
+
+        message = " ".join(redact(str(err)).split())  # one line, whatever the message held
+        print(f"kd-ray: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("kd-ray: interrupted; finished trials are saved, continue with --resume", file=sys.stderr)
-        return 130
+        if args.command == "sweep":
+            print(
+                "kd-ray: interrupted; the sweep stopped. Finished trials are saved and unfinished ones "
+                f"continue from their last epoch with: {_resume_command(args)}",
+                file=sys.stderr,
+            )
+        else:
+            print("kd-ray: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

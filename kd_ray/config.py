@@ -195,6 +195,12 @@ class ResourcesConfig(_Strict):
     report_interval_s: PositiveFloat = Field(
         0.2, description="Ray Train controller poll interval (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)"
     )
+    node_wait_s: Annotated[float, Field(ge=0)] = Field(
+        600.0,
+        description="on a cluster joined through RAY_ADDRESS, which may add nodes (autoscaling): how "
+        "long to wait for nodes that can hold a run's workers before giving up; 0: give up at once. "
+        "The private local cluster never waits: a request it cannot fit fails at once",
+    )
 
 
 class RuntimeConfig(_Strict):

@@ -27,3 +27,7 @@ class CheckpointError(KdRayError):
 
 class ResultsError(KdRayError):
     """A results directory cannot be written, or holds results of another sweep."""
+
+
+class ClusterError(KdRayError):
+    """The Ray cluster cannot be reached, or can never give what the sweep's runs ask for."""

@@ -7,12 +7,15 @@ rows that had finished before.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 from _sweep_helpers import (
+    cli_env,
     owner_files,
+    ray_tmpdir,
     run_cli,
     table,
     uninterrupted_run,
@@ -129,6 +132,97 @@ def test_corrupt_teacher_checkpoint_before_the_student_stage(tmp_path):
     assert done.returncode == 2
     line = user_error_line(done.stderr)
     assert "not a readable checkpoint" in line and str(store) in line
+
+
+def _teacher_ids(config: Path) -> list[str]:
+    dry = run_cli("sweep", str(config), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    return [line.split()[1] for line in dry.stdout.splitlines() if line.startswith("  T1")]
+
+
+# Errors that only workers used to see (issue 9, item 7): Ray started, each run failed and was
+# restarted, and the sweep exited 1 with the reason in a log. Now checked on the driver.
+
+
+def test_batch_larger_than_the_dataset(tmp_path):
+    config = write_config(tmp_path, {"student": {"train": {"batch_size": 96}}})
+    done = _sweep(config, tmp_path / "results")
+    assert done.returncode == 2
+    line = user_error_line(done.stderr)
+    assert "student.train.batch_size: 96 is larger than the 64 training images of datasets.0" in line
+    assert not (tmp_path / "results").exists()
+
+
+def test_pretrained_weights_that_cannot_be_had(tmp_path):
+    config = write_config(tmp_path, {"teacher": {"arch": "resnet18", "pretrained": True}})
+    env = {
+        **cli_env(ray_tmpdir()),
+        "TORCH_HOME": str(tmp_path / "torch"),  # an empty cache, and no network (a closed port)
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }
+    env.pop("NO_PROXY", None), env.pop("no_proxy", None)
+    done = run_cli("sweep", str(config), "--results", str(tmp_path / "results"), "-q", env=env, timeout=300)
+    assert done.returncode == 2
+    line = user_error_line(done.stderr)
+    assert line.startswith(
+        "kd-ray: error: teacher.pretrained: pretrained weights ResNet18_Weights.IMAGENET1K_V1"
+    )
+    assert "could not be downloaded" in line and str(tmp_path / "torch") in line
+
+
+def test_teacher_weights_of_the_wrong_shape(tmp_path):
+    import torch
+
+    from kd_ray.models import create_model
+    from kd_ray.train.checkpoint import teacher_bytes
+
+    config = write_config(tmp_path)
+    store = tmp_path / "results" / "_teachers"
+    store.mkdir(parents=True)
+    for tid in _teacher_ids(config):
+        # The right teacher id and arch, but a head for 7 classes instead of the dataset's.
+        torch.manual_seed(0)
+        model = create_model("cnn_tiny", num_classes=7, in_channels=3, image_size=32)
+        (store / f"{tid}.pt").write_bytes(
+            teacher_bytes(model, teacher_id=tid, arch="cnn_tiny", num_classes=7)
+        )
+        (store / f"{tid}.json").write_text(json.dumps({"epochs": 1, "val_acc": 0.5}))
+    done = _sweep(config, tmp_path / "results")
+    assert done.returncode == 2
+    line = user_error_line(done.stderr)
+    assert str(store) in line and "weights do not fit the cnn_tiny built for dataset" in line
+    assert "is (7, 32) there, (4, 32) here" in line
+    assert not (tmp_path / "results" / "tiny").exists()
+
+
+# More user errors that were tracebacks (item 8).
+
+
+@pytest.mark.parametrize("record", [b"{not json", b"[1, 2]", b'{"val_acc": "high"}', b"\xff\xfe"])
+def test_garbage_teacher_record(tmp_path, record):
+    config = write_config(tmp_path)
+    store = tmp_path / "results" / "_teachers"
+    store.mkdir(parents=True)
+    tid = _teacher_ids(config)[0]
+    (store / f"{tid}.json").write_bytes(record)
+    done = _sweep(config, tmp_path / "results")
+    assert done.returncode == 2
+    line = user_error_line(done.stderr)
+    assert f"{store / tid}.json: not a kd_ray teacher record" in line
+    assert not (tmp_path / "results" / "tiny").exists()
+
+
+@pytest.mark.parametrize("saved", [b"\xff\xfe\x00", b"name: [unclosed\n", b"- a list\n", b"datasets: 3\n"])
+def test_unreadable_saved_config(tmp_path, saved):
+    sweep = tmp_path / "results" / "tiny"
+    sweep.mkdir(parents=True)
+    (sweep / "config.yaml").write_bytes(saved)
+    done = _sweep(write_config(tmp_path), tmp_path / "results", "--resume")
+    assert done.returncode == 2
+    line = user_error_line(done.stderr)
+    assert f"{sweep}/config.yaml: the saved config of this sweep is unreadable" in line
+    assert (sweep / "config.yaml").read_bytes() == saved  # left for the user to look at
 
 
 def test_foreign_teacher_checkpoint_then_resume_keeps_finished_rows(tmp_path):

@@ -21,6 +21,7 @@ Temporary files that a killed write left behind (``.NAME.<hex>.tmp``) are remove
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -31,8 +32,17 @@ from itertools import product
 from typing import Any
 
 from kd_ray.config import SweepConfig, dump_config
-from kd_ray.errors import KdRayError, ResultsError
-from kd_ray.orchestration.preflight import check_datasets, check_teachers, require_trained
+from kd_ray.errors import ClusterError, KdRayError, ResultsError
+from kd_ray.orchestration.preflight import (
+    check_datasets,
+    check_local_resources,
+    check_pretrained,
+    check_ray_address,
+    check_teachers,
+    require_trained,
+    unplaceable,
+    wait_until_placeable,
+)
 from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.plan import (
     DATA_LOCATION_FIELDS,
@@ -46,7 +56,7 @@ from kd_ray.plan import (
 )
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
-from kd_ray.storage import Storage
+from kd_ray.storage import CREDENTIAL_ENV, Storage
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +77,22 @@ class SweepOutcome:
 
 
 def _comparable(cfg_yaml: str) -> dict[str, Any]:
+    """What of a dumped config must not change on --resume.
+
+    Raises:
+        ValueError: the text is not a sweep config (malformed YAML, not a mapping).
+    """
     import yaml
 
-    data = yaml.safe_load(cfg_yaml) or {}
+    try:
+        data = yaml.safe_load(cfg_yaml) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"malformed YAML ({getattr(err, 'problem', None) or 'invalid'})") from None
+    datasets = data.get("datasets", []) if isinstance(data, dict) else None
+    if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
+        raise ValueError("not a sweep config")
     kept = {k: v for k, v in data.items() if k not in _RESUMABLE_CHANGES}
-    kept["datasets"] = [
-        {k: v for k, v in d.items() if k not in DATA_LOCATION_FIELDS} for d in kept.get("datasets", [])
-    ]
+    kept["datasets"] = [{k: v for k, v in d.items() if k not in DATA_LOCATION_FIELDS} for d in datasets]
     return kept
 
 
@@ -98,8 +117,15 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
                 f"{sweep.uri}: sweep {cfg.name!r} already has results; pass --resume to continue it, "
                 "or use another --results directory or name"
             )
-        saved = sweep.read_bytes("config.yaml").decode()
-        if _comparable(saved) != _comparable(config_yaml):
+        try:
+            saved = _comparable(sweep.read_bytes("config.yaml").decode("utf-8"))
+        except (ValueError, KdRayError) as err:  # UnicodeDecodeError is a ValueError
+            reason = str(err) if not isinstance(err, UnicodeDecodeError) else "not UTF-8 text"
+            raise ResultsError(
+                f"{sweep.uri}/config.yaml: the saved config of this sweep is unreadable ({reason}); "
+                "restore it, or start the sweep afresh under another name or --results directory"
+            ) from None
+        if saved != _comparable(config_yaml):
             raise ResultsError(
                 f"{sweep.uri}/config.yaml: the config changed since this sweep started "
                 f"(only {', '.join(_RESUMABLE_CHANGES)} and data locations may change on --resume)"
@@ -122,8 +148,49 @@ def _loopback_only() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
 
 
+def _node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def _wait_for_resources(cfg: SweepConfig, joined: bool) -> None:
+    """Fail at once if a private cluster can never hold a run; let a joined one add nodes.
+
+    A joined cluster (``RAY_ADDRESS``) may autoscale: it is asked for the workers' bundles and
+    given ``resources.node_wait_s`` to add nodes.
+    """
+    if not joined:
+        wait_until_placeable(cfg, _node_resources, autoscaling=False, trial_cpu=_TRIAL_FN_CPU)
+        return
+    if unplaceable(cfg, _node_resources(), trial_cpu=_TRIAL_FN_CPU) is None:
+        return
+    res = cfg.resources
+    bundle = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[bundle] * max(res.num_workers, res.teacher_workers))
+    except Exception:  # no autoscaler to ask: the wait below still bounds the sweep
+        log.debug("could not ask the autoscaler for %s", bundle, exc_info=True)
+        request_resources = None
+    try:
+        wait_until_placeable(cfg, _node_resources, autoscaling=True, trial_cpu=_TRIAL_FN_CPU)
+    finally:
+        if request_resources is not None:
+            with contextlib.suppress(Exception):
+                request_resources(bundles=[])
+
+
 def _init_ray(cfg: SweepConfig) -> None:
-    """Join the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a private one."""
+    """Join the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a private one.
+
+    Then check that the cluster can hold the sweep's runs (see :func:`_wait_for_resources`):
+    Ray Train would otherwise wait for an impossible worker group forever.
+
+    Raises:
+        ClusterError: no cluster at ``RAY_ADDRESS``, or it can never hold a run.
+    """
     env = {
         # Train's controller polls workers at this interval; its 2 s default throttles small runs.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.resources.report_interval_s),
@@ -134,18 +201,28 @@ def _init_ray(cfg: SweepConfig) -> None:
         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     }
     os.environ.update(env)
-    if not os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
         _loopback_only()
     import ray
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
-    else:
-        # "local": always a new cluster private to this process, never one found on the machine;
-        # no dashboard or job server, so nothing listens for clients.
-        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env})
+    if not ray.is_initialized():
+        if address:
+            check_ray_address(address)
+            # Workers elsewhere need the results store's credentials (taken out of its URI).
+            try:
+                ray.init(runtime_env={"env_vars": {**env, **CREDENTIAL_ENV}}, log_to_driver=True)
+            except (ConnectionError, ValueError) as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ClusterError(
+                    f"RAY_ADDRESS={address}: cannot join a Ray cluster there ({first})"
+                ) from None
+        else:
+            # "local": always a new cluster private to this process, never one found on the
+            # machine; no dashboard or job server, so nothing listens for clients. Its workers
+            # inherit this process's environment (results credentials included).
+            ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env})
+    _wait_for_resources(cfg, joined=bool(address))
 
 
 def _experiment_name(sweep: Storage, stage: str) -> str:
@@ -194,6 +271,10 @@ def _tune(
     from ray.tune.logger import JsonLoggerCallback
 
     workers = cfg.resources.teacher_workers if stage == "teacher" else cfg.resources.num_workers
+    # Ctrl-C must stop the sweep. Tune's own SIGINT handler only ends this stage's loop (fit()
+    # returns, the next stage starts) and points at Tuner.restore, which is not how a kd_ray
+    # sweep resumes; without it, KeyboardInterrupt reaches the CLI (exit 130, --resume hint).
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     fn = tune.with_resources(trainable, {"cpu": _TRIAL_FN_CPU})
     tuner = tune.Tuner(
         fn,
@@ -207,7 +288,40 @@ def _tune(
             verbose=verbose,
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except KdRayError:
+        raise
+    except Exception as err:
+        # A user error on the driver inside Tune (the collector cannot write the results any
+        # more) arrives wrapped in a TuneError: report it as the one line it is.
+        found = _user_error(err)
+        if found is None:
+            raise
+        raise found from None
+
+
+_KD_ERROR_LINE = re.compile(r"^kd_ray\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def _user_error(err: BaseException) -> KdRayError | None:
+    """The kd_ray user error that ``err`` wraps (as its cause, context or traceback text), if any."""
+    from kd_ray import errors
+
+    seen: set[int] = set()
+    chained: BaseException | None = err
+    while chained is not None and id(chained) not in seen:
+        if isinstance(chained, KdRayError):
+            return chained
+        seen.add(id(chained))
+        chained = chained.__cause__ or chained.__context__
+    matches = _KD_ERROR_LINE.findall(str(err))
+    if matches:
+        name, message = matches[-1]
+        kind = getattr(errors, name, None)
+        if isinstance(kind, type) and issubclass(kind, KdRayError):
+            return kind(message)
+    return None
 
 
 def _train_teachers(
@@ -440,6 +554,7 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
     """
     plan = plan_sweep(cfg)
     check_datasets(cfg)
+    check_local_resources(cfg, trial_cpu=_TRIAL_FN_CPU)
     root, sweep = prepare_results(cfg, results, resume=resume)
     tables = ResultTables(sweep)
     finished, scratch = _finished_trials(tables, cfg) if resume else (set(), set())
@@ -447,7 +562,8 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
     if resume:
         _refuse_changed_numerics(cfg, sweep, len(todo))
     store = TeacherStore.under(root)
-    check_teachers(store, plan, todo)
+    check_teachers(store, plan, todo, cfg)
+    check_pretrained(cfg, store, plan)
     _clean_orphans(sweep, store.storage)
     sweep.write_bytes("config.yaml", dump_config(cfg).encode())
 
