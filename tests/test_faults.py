@@ -90,3 +90,24 @@ def test_diverging_trials_are_recorded_and_the_sweep_exits_1(tmp_path):
     teachers = table(results / "tiny", "teachers")
     assert teachers["status"].tolist() == ["ok"]
     assert math.isfinite(teachers["val_acc"].iloc[0])
+
+
+def test_a_failed_teachers_own_reason_reaches_the_tables_and_the_summary(tmp_path):
+    # Issue 9, item 7: the teacher diverges inside its Ray Train run. Its reason, as the worker
+    # gave it, must reach teachers.parquet and the rows of the trials it blocks, and the summary
+    # must not count it as trained.
+    config = write_config(
+        tmp_path, {"grid": {"permutations": ["T1w_Sw"]}, "teacher": {"train": {"lr": 1.0e12}}}
+    )
+    results = tmp_path / "results"
+    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q")
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-4000:]
+    assert "teachers trained 0, reused 0" in done.stdout, output[-4000:]
+    teachers = table(results / "tiny", "teachers")
+    assert teachers["status"].tolist() == ["failed"]
+    reason = teachers["error"].iloc[0]
+    assert reason.startswith("teacher diverged at epoch 1: loss nan"), reason
+    assert f"teacher {teachers['teacher_id'].iloc[0]}: failed ({reason})" in output
+    trials = table(results / "tiny", "trials")
+    assert trials["error"].tolist() == [f"teacher {teachers['teacher_id'].iloc[0]} failed to train: {reason}"]

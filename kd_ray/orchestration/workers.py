@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import posixpath
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -100,10 +101,14 @@ def _candidates(config: dict[str, Any]) -> Iterator[ray.train.Checkpoint]:
     if not run_name:
         return
     run_dir = Storage.open(config["ray_storage"]).child(run_name)
-    names = sorted((n for n in run_dir.listdir() if n.startswith("checkpoint_")), reverse=True)
+    names = sorted((n for n in run_dir.listdir() if _CHECKPOINT_DIR.match(n)), reverse=True)
     for name in names:
         if name != latest_name:
             yield ray.train.Checkpoint(run_dir.path(name), filesystem=run_dir.fs)
+
+
+# Ray Train names a run's checkpoint directories by time: ``checkpoint_2026-11-30_02-39-13.297639``.
+_CHECKPOINT_DIR = re.compile(r"^checkpoint_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d(\.\d+)?$")
 
 
 def _problem(state: dict[str, Any], fingerprints: Fingerprints) -> str | None:
@@ -127,10 +132,10 @@ def _restore(
                 if problem is None:
                     run.load_state_dict(state["run"])
                     restored = int(state["epoch"]), dict(state["report"])
-        except (CheckpointError, OSError) as err:
-            problem = (
-                f"it is unreadable ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})"
-            )
+        except CheckpointError as err:  # the checkpoint's name says where; this says why
+            problem = f"its {STATE_FILE} is {str(err).rpartition(STATE_FILE + ': ')[2][:200]}"
+        except OSError as err:
+            problem = f"it could not be read ({str(err)[:200] or type(err).__name__})"
         if restored is not None:
             break
         skipped.append(f"{name}: {problem}")

@@ -41,13 +41,28 @@ def to_bytes(obj: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _load_reason(err: BaseException) -> str:
+    """The informative part of torch.load's error, one short line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    # The weights-only unpickler leads with advice on weights_only=False (wrong here: a file
+    # that fails the safe load is refused); its reason follows "WeightsUnpickler error:".
+    for i, line in enumerate(lines):
+        if line.startswith("Please file an issue") and "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip() or (
+                lines[i + 1] if i + 1 < len(lines) else ""
+            )
+            return f"unpickling failed: {rest}"[:160]
+    return lines[0][:160]
+
+
 def from_bytes(data: bytes, source: str) -> dict[str, Any]:
     """Load a checkpoint safely; corrupt or non-checkpoint bytes raise CheckpointError."""
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch's weights-only unpickler raises many types on garbage
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{source}: not a readable checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{source}: not a readable checkpoint ({_load_reason(err)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: not a kd_ray checkpoint (holds a {type(obj).__name__})")
     return obj
@@ -67,8 +82,7 @@ def load_file(path: str) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch's weights-only unpickler raises many types on garbage
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_reason(err)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a kd_ray checkpoint (holds a {type(obj).__name__})")
     return obj
