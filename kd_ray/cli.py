@@ -9,6 +9,7 @@ Credentials in a results URI are never printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
 import sys
@@ -109,6 +110,19 @@ def _resume_command(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(w) for w in words) + " --resume"
 
 
+def _stop_ray() -> None:
+    """Stop Ray (and a private cluster) now, so the line that follows is the last one printed.
+
+    Ray's actors' buffered output would otherwise keep streaming after the error line.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    # Stopping anyway: whatever a failed shutdown leaves, the exit reaps.
+    with contextlib.suppress(Exception, KeyboardInterrupt):
+        ray.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="kd-ray: %(message)s")
@@ -118,10 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KdRayError as err:
         from kd_ray.storage import redact
 
+        _stop_ray()
         message = " ".join(redact(str(err)).split())  # one line, whatever the message held
         print(f"kd-ray: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        _stop_ray()
         if args.command == "sweep":
             print(
                 "kd-ray: interrupted; the sweep stopped. Finished trials are saved and unfinished ones "
