@@ -140,7 +140,14 @@ def _loopback_only() -> None:
     to the machine's routable IP, and GCS and raylet then listen on all interfaces. Ray's
     single-machine mode (meant for Windows/macOS) uses the loopback IP for every service; it is
     read from the environment at ``import ray``, and child processes inherit it.
+
+    torch.distributed's own listeners (rank 0's TCPStore, gloo) are kept on loopback by
+    :mod:`kd_ray.orchestration.loopback`: gloo through the environment set here, the store
+    through the worker setup hook that :func:`_init_ray` gives the private cluster.
     """
+    from kd_ray.orchestration.loopback import loopback_env
+
+    os.environ.update(loopback_env())
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if "ray" in sys.modules:  # imported earlier in this process (tests, notebooks)
         from ray._private import ray_constants
@@ -221,7 +228,14 @@ def _init_ray(cfg: SweepConfig) -> None:
             # "local": always a new cluster private to this process, never one found on the
             # machine; no dashboard or job server, so nothing listens for clients. Its workers
             # inherit this process's environment (results credentials included).
-            ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env})
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                runtime_env={
+                    "env_vars": env,
+                    "worker_process_setup_hook": "kd_ray.orchestration.loopback.setup_worker",
+                },
+            )
     _wait_for_resources(cfg, joined=bool(address))
 
 
