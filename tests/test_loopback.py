@@ -111,10 +111,10 @@ def test_every_listener_of_a_local_sweep_is_on_loopback(tmp_path):
     assert rc == 0, log.read_text()[-4000:]
     # The DDP runs were sampled: a rank 0 Train worker had torch's listeners (TCPStore, gloo)
     # besides its Ray worker's own.
-    per_worker: dict[int, int] = {}
-    for pid, name, _, _ in seen:
+    ports: dict[int, set[int]] = {}
+    for pid, name, _, port in seen:
         if "RayTrainWorker" in name:
-            per_worker[pid] = per_worker.get(pid, 0) + 1
-    assert per_worker and max(per_worker.values()) >= 3, sorted(seen)
+            ports.setdefault(pid, set()).add(port)
+    assert ports and max(len(p) for p in ports.values()) >= 2, sorted(seen)
     exposed = sorted(entry for entry in seen if not _is_loopback(entry[2]))
     assert not exposed, f"listening beyond loopback: {exposed}"
