@@ -24,8 +24,9 @@
 #                   ResNet18 student, fp32 and bf16 + channels-last: images/s, peak memory, ratio
 #   summary     10  summary.md from the above, ready to paste into benchmarks/RESULTS.md
 #
-# Files under $OUT (at most 8, for the device tool): gpu_check.log (everything printed), env.txt,
-# pytest_junit.xml, throughput.json, throughput.md, summary.md.
+# Files under $OUT (7; the device tool returns at most 8): gpu_check.log (everything printed),
+# env.txt, steps.tsv (name, exit code, seconds, limit), pytest_junit.xml, throughput.json,
+# throughput.md, summary.md.
 set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -143,7 +144,7 @@ if junit.exists():
         for tag in ("failure", "error", "skipped"):
             el = c.find(tag)
             if el is not None:
-                msg = (el.get("message") or "").splitlines()[0][:100] if el.get("message") else ""
+                msg = (el.get("message") or "").splitlines()[0][:80] if el.get("message") else ""
                 outcome = f"{tag}: {msg}".replace("|", "/") if msg else tag
         lines.append(f"| {c.get('name')} | {outcome} | {float(c.get('time', 0)):.1f} |")
 else:

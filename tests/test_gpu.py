@@ -46,6 +46,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -58,7 +59,7 @@ from kd_ray.models import capture_attention, create_model
 from kd_ray.plan import plan_sweep
 from kd_ray.train.checkpoint import load_file, save_file
 from kd_ray.train.distill import DistillationRun
-from kd_ray.train.runtime import Runtime
+from kd_ray.train.runtime import Runtime, sum_across_workers
 from kd_ray.train.teacher import TeacherRun
 
 CUDA = torch.cuda.is_available()
@@ -95,16 +96,12 @@ SCALES = {
 
 @contextlib.contextmanager
 def true_fp32() -> Iterator[None]:
-    """fp32 matmuls and convolutions without TF32 on CUDA (no-op for CPU arithmetic)."""
+    """fp32 matmuls and convolutions without TF32 on CUDA (no-op for CPU arithmetic).
+
+    Through the legacy flags, which every torch version has and which set cuDNN's convolution and
+    RNN precision together: mixing them with torch >= 2.9's ``fp32_precision`` makes later reads
+    of ``torch.backends.cudnn.allow_tf32`` (by inductor, say) raise."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(cudnn, "fp32_precision"):  # torch >= 2.9; the legacy flags must not be mixed in
-        old = matmul.fp32_precision, cudnn.fp32_precision, cudnn.conv.fp32_precision
-        matmul.fp32_precision = cudnn.fp32_precision = cudnn.conv.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision, cudnn.fp32_precision, cudnn.conv.fp32_precision = old
-        return
     old = matmul.allow_tf32, cudnn.allow_tf32
     matmul.allow_tf32 = cudnn.allow_tf32 = False
     try:
@@ -399,6 +396,24 @@ def test_teacher_and_distillation_epochs_with_every_gpu_switch(device: str) -> N
         assert _close(resumed.run_epoch(2).reports[tid], run.run_epoch(2).reports[tid])
     finally:
         torch.backends.cudnn.deterministic = deterministic
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_teacher_sums_reduce_under_the_backend_ray_train_opens(device: str, tmp_path: Path) -> None:
+    """Ray Train opens a process group for every Train run, one worker included: NCCL when the
+    workers have GPUs, gloo otherwise. TeacherRun's epoch sums (host float64 tensors) go through
+    ``sum_across_workers`` under it; NCCL reduces CUDA tensors only."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    dist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        sums = sum_across_workers(torch.tensor([3.0, 1.0, 4.0], dtype=torch.float64))
+        assert sums.cpu().tolist() == [3.0, 1.0, 4.0]
+    finally:
+        dist.destroy_process_group()
 
 
 # --- a sweep through Ray Train on the GPU --------------------------------------------------------
