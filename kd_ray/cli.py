@@ -51,6 +51,12 @@ def _sweep(args: argparse.Namespace) -> int:
     from kd_ray.orchestration.sweep import run_sweep
 
     results = args.results or cfg.results
+    if os.environ.get("RAY_ADDRESS"):
+        from kd_ray.errors import ClusterError
+        from kd_ray.storage import JOINED_CLUSTER_CREDENTIALS, has_credentials
+
+        if has_credentials(results):
+            raise ClusterError(JOINED_CLUSTER_CREDENTIALS)
     outcome = run_sweep(cfg, results, resume=args.resume, verbose=0 if args.quiet else 1)
     print(
         f"kd-ray: sweep {cfg.name!r}: {outcome.ok} trial(s) ok, {outcome.failed} failed"

@@ -7,9 +7,11 @@ renamed; object stores publish an object only when its upload completes.
 
 Credentials never travel inside a URI. ``s3://KEY:SECRET@bucket/prefix`` works, but
 :meth:`Storage.open` moves the key pair into this process's environment
-(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, where pyarrow, Ray's storage and the Ray
-workers started from here look) and keeps only ``s3://bucket/prefix`` as the URI. So what Tune
-and Ray Train are given, save and print, and every kd_ray message, holds no secret.
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, where pyarrow, Ray's storage and the workers
+of the private local cluster started from here look) and keeps only ``s3://bucket/prefix`` as
+the URI. So what Tune and Ray Train are given, save and print, and every kd_ray message, holds
+no secret. A joined cluster (``RAY_ADDRESS``) is not given such credentials: Ray would keep
+them in its runtime environment and logs; its nodes need credentials of their own.
 
 Every failure of the filesystem (a store that became unreachable, a directory that was removed
 or replaced mid-run) is a :class:`~kd_ray.errors.ResultsError` naming the path.
@@ -44,6 +46,19 @@ CREDENTIAL_ENV: dict[str, str] = {}
 def redact(text: str) -> str:
     """``text`` with the user info (credentials) of every URI in it replaced by ``***``."""
     return _USERINFO.sub(lambda m: f"{m['scheme']}***@", str(text))
+
+
+def has_credentials(location: str) -> bool:
+    """Whether ``location`` is a URI that carries a secret (``scheme://user:secret@...``)."""
+    match = _USERINFO.match(str(location))
+    return bool(match and ":" in match["userinfo"])
+
+
+JOINED_CLUSTER_CREDENTIALS = (
+    "results: credentials in the results URI are not passed to a joined Ray cluster (Ray would "
+    "keep them in its runtime environment and logs); give the cluster's nodes their own "
+    "credentials (environment or instance role) and use s3://BUCKET/... without them"
+)
 
 
 def _take_credentials(location: str) -> str:

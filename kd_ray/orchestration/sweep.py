@@ -56,7 +56,7 @@ from kd_ray.plan import (
 )
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
-from kd_ray.storage import CREDENTIAL_ENV, Storage
+from kd_ray.storage import CREDENTIAL_ENV, JOINED_CLUSTER_CREDENTIALS, Storage
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,21 @@ def _wait_for_resources(cfg: SweepConfig, joined: bool) -> None:
                 request_resources(bundles=[])
 
 
+def _keep_credentials_out_of_runtime_envs() -> None:
+    """Stop Tune from copying AWS credentials into its trial actors' runtime environments.
+
+    Ray's runtime-env agent logs every runtime environment it sets up, so Tune's copy of
+    ``AWS_SECRET_ACCESS_KEY`` (from this process's environment) would end up in the session
+    logs. The private cluster's processes inherited this environment when it started, so its
+    actors have the credentials without the copy.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(
+        {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+    )
+
+
 def _init_ray(cfg: SweepConfig) -> None:
     """Join the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a private one.
 
@@ -216,9 +231,10 @@ def _init_ray(cfg: SweepConfig) -> None:
     if not ray.is_initialized():
         if address:
             check_ray_address(address)
-            # Workers elsewhere need the results store's credentials (taken out of its URI).
+            if CREDENTIAL_ENV:  # Ray would keep them in its runtime env and logs
+                raise ClusterError(JOINED_CLUSTER_CREDENTIALS)
             try:
-                ray.init(runtime_env={"env_vars": {**env, **CREDENTIAL_ENV}}, log_to_driver=True)
+                ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
             except (ConnectionError, ValueError) as err:
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ClusterError(
@@ -236,6 +252,7 @@ def _init_ray(cfg: SweepConfig) -> None:
                     "worker_process_setup_hook": "kd_ray.orchestration.loopback.setup_worker",
                 },
             )
+            _keep_credentials_out_of_runtime_envs()
     _wait_for_resources(cfg, joined=bool(address))
 
 
