@@ -7,20 +7,20 @@
 #                                                # Python packages a bare GPU image lacks (below)
 #   GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   # list the steps and their limits only
 #
-# Steps, each under its own `timeout` (limits in seconds: 430 in all, plus an 8-s grace per step
-# between SIGINT and SIGKILL, so even a run whose every step overran ends within 470 s < 8 min).
+# Steps, each under its own `timeout` (limits in seconds: 435 in all, plus an 8-s grace per step
+# between SIGINT and SIGKILL, so even a run whose every step overran ends within 475 s < 8 min).
 # A step that fails or times out is recorded and the next one still runs; the script exits 1 at
 # the end if any step failed.
 #
-#   setup       40  find the Python: .venv if present (prepared or carried); else the machine's
+#   setup       25  find the Python: .venv if present (prepared or carried); else the machine's
 #                   python3 when it already has CUDA torch (a GPU image), with the packages it
 #                   lacks unpacked from .gpu_bundle/site.tar.xz; else build .venv from a registry
 #                   (`python3 -m venv .venv && pip install torch==2.14.1 torchvision==0.29.1
 #                   -e '.[test]'`, limit 600: only where no environment exists, outside the budget)
 #   env         20  nvidia-smi, Python, torch, CUDA, cuDNN, NCCL and package versions -> env.txt
-#   pytest_gpu 250  pytest -m gpu on the modules that have gpu tests (150 s per test at most):
+#   pytest_gpu 280  pytest -m gpu on the modules that have gpu tests (150 s per test at most):
 #                   JUnit XML and per-test times
-#   throughput 110  benchmarks/kd_throughput.py at 224 px, batch 128, k = 2 ResNet50 teachers ->
+#   throughput 100  benchmarks/kd_throughput.py at 224 px, batch 128, k = 2 ResNet50 teachers ->
 #                   ResNet18 student, fp32 and bf16 + channels-last: images/s, peak memory, ratio
 #   summary     10  summary.md from the above, ready to paste into benchmarks/RESULTS.md
 #
@@ -202,16 +202,16 @@ step() {  # step NAME LIMIT_S COMMAND...: COMMAND under `timeout`; its exit code
 SITE="${TMPDIR:-/tmp}/kd_ray_gpu_site"
 if [[ -x .venv/bin/python ]]; then
   PY="$REPO/.venv/bin/python"
-  step setup 40 "$PY" -c "import torch, kd_ray"
+  step setup 25 "$PY" -c "import torch, kd_ray"
 elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   # A GPU image: its python3 has CUDA torch. Add what it lacks, and kd_ray, on PYTHONPATH (Ray's
   # worker processes inherit it). A venv would not see that python's packages.
   PY="$(command -v python3)"
   export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
   if [[ -f .gpu_bundle/site.tar.xz ]]; then
-    step setup 40 bash -c "rm -rf '$SITE' && mkdir -p '$SITE' && tar -xJf .gpu_bundle/site.tar.xz -C '$SITE'"
+    step setup 25 bash -c "rm -rf '$SITE' && mkdir -p '$SITE' && tar -xJf .gpu_bundle/site.tar.xz -C '$SITE'"
   else
-    step setup 40 "$PY" -c "import ray, pydantic, kd_ray"
+    step setup 25 "$PY" -c "import ray, pydantic, kd_ray"
   fi
 else
   PY="$REPO/.venv/bin/python"
@@ -223,11 +223,11 @@ step env 20 bash "$SELF" --env "$PY" "$OUT_DIR"
 
 # 3. the gpu tests, on the modules that have any (other modules may need packages a GPU image lacks)
 mapfile -t GPU_MODULES < <(grep -l "mark.gpu" tests/test_*.py)
-step pytest_gpu 250 "$PY" -m pytest -m gpu -q -p no:cacheprovider --timeout=150 --durations=0 \
+step pytest_gpu 280 "$PY" -m pytest -m gpu -q -p no:cacheprovider --timeout=150 --durations=0 \
   --junitxml="$OUT_DIR/pytest_junit.xml" "${GPU_MODULES[@]}"
 
 # 4. the throughput of the paper's KD step
-step throughput 110 "$PY" benchmarks/kd_throughput.py --size 224 --batch 128 --teachers 2 \
+step throughput 100 "$PY" benchmarks/kd_throughput.py --size 224 --batch 128 --teachers 2 \
   --teacher-arch resnet50 --student-arch resnet18 --num-classes 100 --configs fp32,bf16+cl \
   --json "$OUT_DIR/throughput.json" --markdown "$OUT_DIR/throughput.md"
 

@@ -263,47 +263,6 @@ def test_attention_maps_are_float32_under_autocast(device: str, kind: str) -> No
             torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-6)
 
 
-# --- torch.compile with the attention hooks ------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ["cnn_small", "vit_tiny"])
-@pytest.mark.parametrize("device", DEVICES)
-def test_compiled_model_gives_the_eager_maps_through_fresh_hook_contexts(device: str, arch: str) -> None:
-    """What DistillationRun does with ``runtime.compile``: the model is compiled once, and each pass
-    enters a new ``capture_attention`` on it (hooks on the original modules, found through
-    ``_orig_mod``). Every pass must see its own hooks: maps, logits and gradients equal eager's."""
-    dev, side = torch.device(device), 16
-    torch.manual_seed(0)
-    eager = create_model(arch, num_classes=5, image_size=side).to(dev)
-    base = copy.deepcopy(eager)
-    if device == "cuda":
-        compiled = Runtime(dev, compile=True).compiled(base)  # inductor, as in the real loop
-        rtol = 1e-3
-    else:  # same graph capture and autograd tracing, eager kernels: seconds instead of minutes
-        compiled = torch.compile(base, backend="aot_eager")
-        rtol = 1e-5
-    for step in range(3):
-        x = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(step)).to(dev)
-        y = torch.arange(4).to(dev) % 5
-        got = {}
-        for name, model in (("eager", eager), ("compiled", compiled)):
-            model.train(step != 1)  # a train, an eval and a train pass, as an epoch's passes switch
-            with capture_attention(model, cam_target="label") as capture:
-                logits = model(x)
-            maps = capture.maps(logits, y)
-            grad = None
-            if step != 1:
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(logits, y).backward()
-                grad = _grads(model)
-            got[name] = logits.detach(), maps, grad
-        (l_ref, m_ref, g_ref), (l_got, m_got, g_got) = got["eager"], got["compiled"]
-        torch.testing.assert_close(l_got, l_ref, rtol=rtol, atol=rtol * l_ref.abs().max().item())
-        torch.testing.assert_close(m_got, m_ref, rtol=rtol, atol=rtol * m_ref.abs().max().item())
-        if g_ref is not None:
-            assert ((g_got - g_ref).norm() / g_ref.norm()).item() <= max(rtol, 1e-5)
-
-
 # --- loaders: workers and pinned memory ----------------------------------------------------------
 
 
@@ -524,3 +483,44 @@ def test_two_epoch_sweep_on_cuda_through_ray_train_with_nccl_and_resume(tmp_path
     stdout = sweep("--resume")
     assert "(2 already finished)" in stdout and "teachers trained 0, reused 1" in stdout, stdout
     assert owner_files(sweep_dir, "trials") == kept
+
+
+# --- torch.compile with the attention hooks (last: on CUDA, inductor compiles for tens of seconds) ---
+
+
+@pytest.mark.parametrize("arch", ["cnn_small", "vit_tiny"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_model_gives_the_eager_maps_through_fresh_hook_contexts(device: str, arch: str) -> None:
+    """What DistillationRun does with ``runtime.compile``: the model is compiled once, and each pass
+    enters a new ``capture_attention`` on it (hooks on the original modules, found through
+    ``_orig_mod``). Every pass must see its own hooks: maps, logits and gradients equal eager's."""
+    dev, side = torch.device(device), 16
+    torch.manual_seed(0)
+    eager = create_model(arch, num_classes=5, image_size=side).to(dev)
+    base = copy.deepcopy(eager)
+    if device == "cuda":
+        compiled = Runtime(dev, compile=True).compiled(base)  # inductor, as in the real loop
+        rtol = 1e-3
+    else:  # same graph capture and autograd tracing, eager kernels: seconds instead of minutes
+        compiled = torch.compile(base, backend="aot_eager")
+        rtol = 1e-5
+    for step in range(3):
+        x = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(step)).to(dev)
+        y = torch.arange(4).to(dev) % 5
+        got = {}
+        for name, model in (("eager", eager), ("compiled", compiled)):
+            model.train(step != 1)  # a train, an eval and a train pass, as an epoch's passes switch
+            with capture_attention(model, cam_target="label") as capture:
+                logits = model(x)
+            maps = capture.maps(logits, y)
+            grad = None
+            if step != 1:
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(logits, y).backward()
+                grad = _grads(model)
+            got[name] = logits.detach(), maps, grad
+        (l_ref, m_ref, g_ref), (l_got, m_got, g_got) = got["eager"], got["compiled"]
+        torch.testing.assert_close(l_got, l_ref, rtol=rtol, atol=rtol * l_ref.abs().max().item())
+        torch.testing.assert_close(m_got, m_ref, rtol=rtol, atol=rtol * m_ref.abs().max().item())
+        if g_ref is not None:
+            assert ((g_got - g_ref).norm() / g_ref.norm()).item() <= max(rtol, 1e-5)
