@@ -231,15 +231,7 @@ def test_attention_maps_under_bf16_match_fp32(device: str, kind: str) -> None:
     assert (_normalised(got) - _normalised(ref)).abs().mean().item() <= 0.05
 
 
-_VIT_HOOK_UNDER_AUTOCAST = pytest.mark.xfail(
-    strict=True,
-    reason="kd_ray bug: VitClsExtractor's pre-hook recomputes the CLS attention under the caller's "
-    "autocast, so its in-projection and q.k products run in bf16 (and on CPU maps() returns bf16), "
-    "not in the float32 its docstring promises; fix: torch.autocast(..., enabled=False) in the hook",
-)
-
-
-@pytest.mark.parametrize("kind", ["cam", pytest.param("vit", marks=_VIT_HOOK_UNDER_AUTOCAST)])
+@pytest.mark.parametrize("kind", ["cam", "vit"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_attention_maps_are_float32_under_autocast(device: str, kind: str) -> None:
     """``capture.maps`` promises detached float32 maps, also from a pass under bf16 autocast; for

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from itertools import combinations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from kd_ray.distributed import all_reduce_sum_
 from kd_ray.metrics import functional as fn
 from kd_ray.metrics.names import teacher_metric
 
@@ -190,16 +190,7 @@ class SplitMetrics:
 
         Every rank must call it, at the same point; afterwards every rank holds the totals.
         """
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        # Gloo reduces host tensors and NCCL device tensors; move the buffer where needed.
-        wants_cuda = dist.get_backend() == "nccl"
-        buf = self._state
-        if (buf.device.type == "cuda") != wants_cuda:
-            buf = buf.to(torch.device("cuda", torch.cuda.current_device()) if wants_cuda else "cpu")
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        if buf is not self._state:
-            self._state.copy_(buf)
+        all_reduce_sum_(self._state)
 
     def compute(self) -> dict[str, float]:
         """The split's metrics under the names of :mod:`kd_ray.metrics.names`.

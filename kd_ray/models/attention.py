@@ -195,7 +195,12 @@ class VitClsExtractor:
 
     @torch.no_grad()
     def _on_attention_input(self, module: nn.MultiheadAttention, args: tuple) -> None:
-        query, key = args[0].detach().float(), args[1].detach().float()
+        # The maps are recomputed in float32 even inside the caller's bf16 autocast region.
+        with torch.autocast(device_type=args[0].device.type, enabled=False):
+            self._maps = self._cls_attention(module, args[0].detach().float(), args[1].detach().float())
+
+    @staticmethod
+    def _cls_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         if not module.batch_first:
             query, key = query.transpose(0, 1), key.transpose(0, 1)
         n, tokens, dim = key.shape
@@ -215,7 +220,7 @@ class VitClsExtractor:
         side = math.isqrt(tokens - 1)
         if side * side != tokens - 1:
             raise ValueError(f"vit_cls: {tokens - 1} patch tokens do not form a square grid")
-        self._maps = cls_to_patches.reshape(n, side, side)
+        return cls_to_patches.reshape(n, side, side)
 
     def maps(self, logits: torch.Tensor, targets: torch.Tensor | None, cam_target: str) -> torch.Tensor:
         """CLS attention maps ``(N, side, side)`` of the last forward pass."""

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kd_ray.config import RuntimeConfig
+from kd_ray.distributed import all_reduce_sum_
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,6 @@ class Runtime:
 
 
 def sum_across_workers(t: torch.Tensor) -> torch.Tensor:
-    """All-reduce a tensor of sums across the DDP process group (no-op in one process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-    return t
+    """All-reduce a tensor of sums across the DDP process group (no-op in one process); a host
+    tensor is reduced on the device when the backend is NCCL."""
+    return all_reduce_sum_(t)
