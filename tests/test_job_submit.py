@@ -25,6 +25,7 @@ from _sweep_helpers import (
     PYTHON,
     assert_no_processes_under,
     kill_processes_under,
+    processes_under,
     ray_tmpdir,
     write_config,
 )
@@ -65,7 +66,7 @@ def cluster(tmp_path):
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr
-        yield f"http://127.0.0.1:{dash_port}", env, gcs_port, dash_port
+        yield f"http://127.0.0.1:{dash_port}", env, gcs_port, dash_port, ray_tmp
     finally:
         kill_processes_under(ray_tmp)
         assert_no_processes_under(ray_tmp)
@@ -90,8 +91,26 @@ def _listen_hosts(port: int) -> set[str]:
     }
 
 
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _listeners(marker: str) -> set[tuple[int, str, str, int]]:
+    """(pid, command, address, port) of every listening socket of the cluster's processes
+    (found by its temp dir) and all their descendants: services, job driver, workers."""
+    found = set()
+    for proc in processes_under(marker):
+        try:
+            name = " ".join(proc.cmdline())[:60]
+            for c in proc.net_connections("tcp"):
+                if c.status == psutil.CONN_LISTEN:
+                    found.add((proc.pid, name, c.laddr.ip, c.laddr.port))
+        except psutil.Error:
+            continue
+    return found
+
+
 def test_sweep_via_ray_job_submit(tmp_path, cluster):
-    address, env, gcs_port, dash_port = cluster
+    address, env, gcs_port, dash_port, ray_tmp = cluster
     # Safe defaults: loopback only, and the job API refuses a request without the token.
     assert _listen_hosts(dash_port) <= {"127.0.0.1", "::ffff:127.0.0.1"}
     assert _listen_hosts(gcs_port) <= {"127.0.0.1", "::ffff:127.0.0.1"}
@@ -117,16 +136,27 @@ def test_sweep_via_ray_job_submit(tmp_path, cluster):
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
     deadline, status = time.monotonic() + 400, ""
+    listeners: set[tuple[int, str, str, int]] = set()
     while time.monotonic() < deadline:
         polled = _job(env, address, "status", job_id)
         status = (polled.stdout + polled.stderr).lower()  # "Job '<id>' succeeded"
         if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
             break
-        time.sleep(3)
+        for _ in range(10):  # every listener while the job runs, DDP's own included
+            listeners |= _listeners(ray_tmp)
+            time.sleep(0.3)
     fetched = _job(env, address, "logs", job_id)
     logs = fetched.stdout + fetched.stderr
     assert "' succeeded" in status, status + logs[-4000:]
     assert "1 trial(s) ok, 0 failed" in logs
+    # Every listener of the cluster's processes stayed on loopback, the Train workers' too.
+    exposed = sorted(entry for entry in listeners if entry[2] not in LOOPBACK)
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    ports: dict[int, set[int]] = {}
+    for pid, name, _, port in listeners:
+        if "RayTrainWorker" in name:
+            ports.setdefault(pid, set()).add(port)
+    assert ports and max(len(p) for p in ports.values()) >= 2, sorted(listeners)
 
     trials = pd.read_parquet(results / "tiny" / "trials.parquet")
     assert trials["status"].tolist() == ["ok"] and trials["epochs"].tolist() == [4]

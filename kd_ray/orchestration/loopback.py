@@ -10,9 +10,12 @@ Ray's single-machine mode keeps Ray's own services on 127.0.0.1 (see
 - gloo binds the interface its host name resolves to; ``GLOO_SOCKET_IFNAME`` (set by
   :func:`loopback_env`) pins it to the loopback interface.
 
-:func:`setup_worker` is the private cluster's ``worker_process_setup_hook``: it runs in every
-Ray worker process and patches ``torch.distributed.rendezvous`` when (and only if) torch is
-imported there, so workers that never use torch pay nothing.
+:func:`setup_worker` is the ``worker_process_setup_hook`` of every cluster a sweep runs on: it
+runs in every Ray worker process and patches ``torch.distributed.rendezvous`` when (and only
+if) torch is imported there, so workers that never use torch pay nothing. The patch acts only
+when the master address is a loopback address (a cluster on 127.0.0.1, such as the private
+one); then the store binds it and gloo is pinned to the loopback interface. On a multi-node
+cluster torch is left as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import ipaddress
+import os
 import socket
 import sys
 from types import ModuleType
@@ -58,13 +62,12 @@ def _patch(rendezvous: ModuleType) -> None:
         return
 
     def create_store(hostname, port, rank, world_size, timeout, use_libuv=True, *args: Any, **kwargs: Any):
-        if (
-            rank != 0
-            or args
-            or kwargs
-            or not _is_loopback(hostname)
-            or rendezvous._agent_store_serves(hostname, port)
-        ):
+        if not _is_loopback(hostname):
+            return original(hostname, port, rank, world_size, timeout, use_libuv, *args, **kwargs)
+        # Every rank: gloo's device is created after the store, from this variable.
+        for key, value in loopback_env().items():
+            os.environ.setdefault(key, value)
+        if rank != 0 or args or kwargs or rendezvous._agent_store_serves(hostname, port):
             return original(hostname, port, rank, world_size, timeout, use_libuv, *args, **kwargs)
         family = socket.AF_INET6 if ":" in hostname else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)

@@ -189,6 +189,10 @@ def _wait_for_resources(cfg: SweepConfig, joined: bool) -> None:
                 request_resources(bundles=[])
 
 
+# torch.distributed on loopback where the cluster is on loopback (see kd_ray.orchestration.loopback)
+_WORKER_SETUP_HOOK = "kd_ray.orchestration.loopback.setup_worker"
+
+
 def _keep_credentials_out_of_runtime_envs() -> None:
     """Stop Tune from copying AWS credentials into its trial actors' runtime environments.
 
@@ -234,7 +238,10 @@ def _init_ray(cfg: SweepConfig) -> None:
             if CREDENTIAL_ENV:  # Ray would keep them in its runtime env and logs
                 raise ClusterError(JOINED_CLUSTER_CREDENTIALS)
             try:
-                ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+                ray.init(
+                    runtime_env={"env_vars": env, "worker_process_setup_hook": _WORKER_SETUP_HOOK},
+                    log_to_driver=True,
+                )
             except (ConnectionError, ValueError) as err:
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ClusterError(
@@ -249,7 +256,7 @@ def _init_ray(cfg: SweepConfig) -> None:
                 include_dashboard=False,
                 runtime_env={
                     "env_vars": env,
-                    "worker_process_setup_hook": "kd_ray.orchestration.loopback.setup_worker",
+                    "worker_process_setup_hook": _WORKER_SETUP_HOOK,
                 },
             )
             _keep_credentials_out_of_runtime_envs()
