@@ -31,3 +31,8 @@ class ResultsError(KdRayError):
 
 class ClusterError(KdRayError):
     """The Ray cluster cannot be reached, or can never give what the sweep's runs ask for."""
+
+
+class StorageError(ResultsError, OSError):
+    """The results store failed (unreachable, removed, not writable); also an ``OSError``, so
+    code that handles filesystem errors keeps handling it."""

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 
-from kd_ray.errors import ResultsError
+from kd_ray.errors import ResultsError, StorageError
 
 
 def _is_uri(location: str) -> bool:
@@ -104,7 +104,7 @@ class Storage:
             try:
                 fs, root = pafs.FileSystem.from_uri(location)
             except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError
-                raise ResultsError(f"results: cannot open {location!r}: {_fs_error(err)}") from None
+                raise StorageError(f"results: cannot open {location!r}: {_fs_error(err)}") from None
             return cls(fs, root.rstrip("/"), location.rstrip("/"))
         path = os.path.abspath(os.path.expanduser(location))
         return cls(pafs.LocalFileSystem(), path, path)
@@ -130,13 +130,13 @@ class Storage:
         try:
             return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
         except OSError as err:
-            raise ResultsError(f"results: cannot look up {self.path(name)!r}: {_fs_error(err)}") from None
+            raise StorageError(f"results: cannot look up {self.path(name)!r}: {_fs_error(err)}") from None
 
     def makedirs(self, name: str = "") -> None:
         try:
             self.fs.create_dir(self.path(name), recursive=True)
         except OSError as err:
-            raise ResultsError(
+            raise StorageError(
                 f"results: cannot create directory {self.path(name)!r}: {_fs_error(err)}"
             ) from None
 
@@ -145,7 +145,7 @@ class Storage:
         try:
             info = self.fs.get_file_info(pafs.FileSelector(self.path(name), allow_not_found=True))
         except OSError as err:
-            raise ResultsError(f"results: cannot list {self.path(name)!r}: {_fs_error(err)}") from None
+            raise StorageError(f"results: cannot list {self.path(name)!r}: {_fs_error(err)}") from None
         return sorted(posixpath.basename(i.path) for i in info)
 
     def read_bytes(self, name: str) -> bytes:
@@ -153,7 +153,7 @@ class Storage:
             with self.fs.open_input_stream(self.path(name)) as f:
                 return f.read()
         except OSError as err:
-            raise ResultsError(f"results: cannot read {self.path(name)!r}: {_fs_error(err)}") from None
+            raise StorageError(f"results: cannot read {self.path(name)!r}: {_fs_error(err)}") from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write a file so that readers see either the old or the new content, never half."""
@@ -170,7 +170,7 @@ class Storage:
                 with self.fs.open_output_stream(target) as f:
                     f.write(data)
         except OSError as err:
-            raise ResultsError(f"results: cannot write {target!r}: {_fs_error(err)}") from None
+            raise StorageError(f"results: cannot write {target!r}: {_fs_error(err)}") from None
 
     def check_writable(self) -> None:
         """Fail early, with one line, if results cannot be written here."""
@@ -179,4 +179,4 @@ class Storage:
         try:
             self.fs.delete_file(self.path(probe))
         except OSError as err:
-            raise ResultsError(f"results: cannot delete {self.path(probe)!r}: {_fs_error(err)}") from None
+            raise StorageError(f"results: cannot delete {self.path(probe)!r}: {_fs_error(err)}") from None
