@@ -84,9 +84,11 @@ def test_sweep_to_file_uri():
     output = (results.parent / "reference.log").read_text()
     assert f"results in file://{results}/tiny" in output
     sweep = results / "tiny"
-    # Teacher weights, Train checkpoints, Tune state and the report all went to the URI's directory.
+    # Teacher weights, Tune state, the students' final weights (the Train runs' checkpoints are
+    # deleted once their rows are written) and the report all went to the URI's directory.
     assert len(list((results / "_teachers").glob("*.pt"))) == 2
-    assert list((sweep / "_ray").glob("*/checkpoint_*"))
+    assert (sweep / "_ray" / "teachers-1").is_dir() and (sweep / "_ray" / "groups-1").is_dir()
+    assert len(list((sweep / "students").glob("*.pt"))) == 4
     assert (sweep / "config.yaml").exists() and (sweep / "report.html").exists()
     trials = table(sweep, "trials")
     assert len(trials) == 4 and (trials["status"] == "ok").all()
