@@ -34,6 +34,26 @@ def _print_plan(cfg, plan) -> None:
     print(f"\n{len(plan.teachers)} teachers, {len(plan.trials)} student trials")
 
 
+def _print_cohorts(cfg, plan, *, gpus: int | None, cpus: float | None) -> None:
+    """The cost of the plan on a cluster: runs, GPU-hours, makespan, saving (kd_ray.cohort).
+
+    The cluster is ``--gpus``/``--cpus`` when given, else this machine's CPUs (a GPU config
+    without ``--gpus`` is costed as one GPU per run slot of this machine's size).
+    """
+    import os
+
+    from kd_ray.cohort import plan_cohorts, slots_for
+
+    if gpus is None and cpus is None:
+        cpus = float(os.cpu_count() or 1)
+        where = f"this machine's {int(cpus)} CPUs"
+    else:
+        where = f"{gpus} GPU(s)" if gpus is not None else f"{cpus:g} CPU(s)"
+    slots = slots_for(cfg, gpus=gpus, cpus=cpus)
+    print(f"\ncost on {where} ({slots} concurrent run(s); --gpus N or --cpus N for another cluster):")
+    print(plan_cohorts(plan, cfg, slots).format())
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from kd_ray.config import load_config
     from kd_ray.plan import plan_sweep
@@ -42,6 +62,7 @@ def _sweep(args: argparse.Namespace) -> int:
     plan = plan_sweep(cfg)
     if args.dry_run:
         _print_plan(cfg, plan)
+        _print_cohorts(cfg, plan, gpus=args.gpus, cpus=args.cpus)
         return 0
     import os
 
@@ -94,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--dry-run", action="store_true", help="print the teachers and student trials; start nothing"
     )
+    size = sweep.add_mutually_exclusive_group()
+    size.add_argument("--gpus", type=int, help="with --dry-run: cost the plan on a cluster of N GPUs")
+    size.add_argument("--cpus", type=float, help="with --dry-run: cost the plan on N CPUs")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     sweep.add_argument("--results", help="results directory or URI (default: the config's `results`)")
     sweep.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")

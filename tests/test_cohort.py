@@ -375,3 +375,22 @@ def test_no_plan_on_8_slots_beats_the_cifar100_cut(cifar100) -> None:
     assert 2 * (18 * a + 28 * b) > 8 * (4 * a + 7 * b)
     cohorts = plan_cohorts(plan, cfg, 8, cost=cost)
     assert cohorts.makespan_s == pytest.approx(cost.seconds(4 * a + 7 * b))
+
+
+def test_dry_run_with_gpus_prints_the_cost_of_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    """`kd-ray sweep experiments/cifar100.yaml --dry-run --gpus 8`: 8 runs keep 8 GPUs busy, and the
+    plan says its GPU-hours, makespan against the lower bound, and the saving."""
+    from kd_ray.cli import main
+
+    assert main(["sweep", str(REPO / "experiments" / "cifar100.yaml"), "--dry-run", "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "cost on 8 GPU(s) (8 concurrent run(s)" in out
+    assert "student runs: 8 for 56 trials on 8 slot(s)" in out
+    assert "100% of slot time busy" in out
+    for words in (
+        "estimated GPU-hours:",
+        "estimated makespan:",
+        "lower bound",
+        "saving against one run per trial",
+    ):
+        assert words in out
