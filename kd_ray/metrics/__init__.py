@@ -1,4 +1,5 @@
-"""Metrics of the paper (SPEC §2, §5): plain functions and the streaming per-split accumulator.
+"""Metrics of the paper (docs/metrics.md; API: docs/metrics.md#python-api): plain functions and
+the streaming per-split accumulator.
 
     from kd_ray import metrics
     metrics.top1_agreement(ensemble_logits, student_logits)

@@ -1,4 +1,4 @@
-"""Streaming, DDP-reducible metrics of one split of one epoch (SPEC §2).
+"""Streaming, DDP-reducible metrics of one split of one epoch (docs/metrics.md).
 
 :class:`SplitMetrics` keeps only sums (counts, correct predictions, KL and entropy sums against
 both ensemble targets, the ensemble-vs-student contingency table, calibration bins, IoU sums) in
@@ -30,15 +30,15 @@ class SplitMetrics:
 
     Attention maps of the teachers and the student may come on different grids (a CAM on the
     last conv stage, a ViT's patch grid): each batch's maps are resized, bilinearly, to
-    ``map_size`` when given (SPEC §2: the input image size), otherwise to the largest grid among
-    that batch's maps, then normalised, binarised and compared as in
+    ``map_size`` when given (docs/metrics.md#attention-iou: the input image size), otherwise to
+    the largest grid among that batch's maps, then normalised, binarised and compared as in
     :func:`~kd_ray.metrics.functional.attention_iou`. Per image, ``iou_teachers`` is the mean IoU
     over teacher pairs and ``iou_student`` the mean IoU of the student with each teacher; both are
     then averaged over the images that had maps.
 
-    Two ensemble targets are tracked: the mean of the teachers' logits (SPEC §2's "ensemble":
-    ``agreement``, ``kl``, ``mi``, ``acc_ensemble``) and the mean of their τ = 1 probabilities
-    (:func:`~kd_ray.metrics.functional.ensemble_log_probs`: ``agreement_probmean``,
+    Two ensemble targets are tracked (docs/metrics.md#the-teacher-ensemble): the mean of the
+    teachers' logits (``agreement``, ``kl``, ``mi``, ``acc_ensemble``) and the mean of their τ = 1
+    probabilities (:func:`~kd_ray.metrics.functional.ensemble_log_probs`: ``agreement_probmean``,
     ``kl_probmean``), which is what the KD loss pulls towards. The teacher logits are the ones
     the teachers produced on the batch as they saw it, i.e. under the trial's view.
 
@@ -229,5 +229,6 @@ class SplitMetrics:
         return out
 
     def calibration(self) -> list[dict[str, float]]:
-        """Reliability-diagram rows ``{bin, count, acc, conf}`` of the student (SPEC §3)."""
+        """Reliability-diagram rows ``{bin, count, acc, conf}`` of the student
+        (docs/results.md#calibration)."""
         return fn.reliability_from_bins(self._views["bins"].cpu())

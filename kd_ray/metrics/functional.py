@@ -1,4 +1,4 @@
-"""The paper's metrics as plain functions (SPEC §2, §5).
+"""The paper's metrics as plain functions (docs/metrics.md; API: docs/metrics.md#python-api).
 
 Public functions take torch tensors or numpy arrays and return python floats. Each formula is
 implemented once, in a vectorised helper that returns per-sample values or sufficient statistics
@@ -161,7 +161,8 @@ def ece_from_bins(bins: Tensor) -> float:
 
 def reliability_from_bins(bins: Tensor) -> list[dict[str, float]]:
     """Rows ``{bin, count, acc, conf}`` of a reliability diagram, the ``calibration.parquet``
-    grain of SPEC §3; ``count`` is an int, ``acc`` and ``conf`` are NaN for an empty bin."""
+    grain of docs/results.md#calibration; ``count`` is an int, ``acc`` and ``conf`` are NaN for an
+    empty bin."""
     count, correct, conf = bins.tolist()
     return [
         {
@@ -183,9 +184,10 @@ def calibration_curve(logits: ArrayLike, targets: ArrayLike, n_bins: int = 15) -
 
 
 def binarize_maps(maps: ArrayLike, threshold: float = 0.4, size: tuple[int, int] | None = None) -> Tensor:
-    """Attention masks of SPEC §2: resize ``(N, h, w)`` maps to ``size`` (bilinear, skipped when
-    None or already that size), min-max normalise each image's map to [0, 1] (a constant map
-    becomes all zeros), and keep the pixels ``> threshold``. Returns a bool ``(N, H, W)`` tensor."""
+    """Attention masks of docs/metrics.md#attention-iou: resize ``(N, h, w)`` maps to ``size``
+    (bilinear, skipped when None or already that size), min-max normalise each image's map to
+    [0, 1] (a constant map becomes all zeros), and keep the pixels ``> threshold``. Returns a bool
+    ``(N, H, W)`` tensor."""
     m = _tensor(maps).detach()
     if not m.is_floating_point():
         m = m.float()
@@ -215,7 +217,7 @@ def common_size(*maps: ArrayLike) -> tuple[int, int]:
     return max(s[0] for s in shapes), max(s[1] for s in shapes)
 
 
-# --- public metrics (SPEC §5) ---------------------------------------------------------------
+# --- public metrics (docs/metrics.md#python-api) --------------------------------------------
 
 
 def top1_agreement(logits_a: ArrayLike, logits_b: ArrayLike) -> float:
@@ -277,9 +279,9 @@ def attention_iou(
 ) -> float:
     r"""Mean over images of the attention IoU :math:`|A \cap B| / |A \cup B|` (eq. 1).
 
-    Each map is resized to ``size`` (bilinear; SPEC §2 uses the input image size), min-max
-    normalised per image (a constant map becomes zeros) and binarised with ``> threshold``; two
-    empty masks have IoU 1.0.
+    Each map is resized to ``size`` (bilinear; docs/metrics.md#attention-iou uses the input image
+    size), min-max normalised per image (a constant map becomes zeros) and binarised with
+    ``> threshold``; two empty masks have IoU 1.0.
 
     Args:
         maps_a: ``(N, h, w)`` attention maps of one model (CAM or ViT CLS attention).

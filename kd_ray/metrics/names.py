@@ -1,4 +1,5 @@
-"""The one place metric names are spelled, and so the Parquet columns (SPEC §2, §3).
+"""The one place metric names are spelled, and so the Parquet columns (docs/metrics.md,
+docs/results.md).
 
 Workers report flat ``"{split}/{metric}"`` keys; the collector turns them into rows of
 ``epochs.parquet`` and into ``{split}_{metric}`` columns of ``trials.parquet``.
@@ -33,9 +34,9 @@ SPLIT_METRICS: tuple[str, ...] = (
 # Per-teacher metrics, suffixed with the teacher's slot: acc_t1, entropy_t2, ...
 TEACHER_METRICS: tuple[str, ...] = ("acc", "entropy")
 
-# SPEC §3: the unprefixed final-epoch columns of trials.parquet and the split each comes from.
-# The paper measures fidelity, attention and entropy "during KD training", so those come from
-# the training stream; calibration is a held-out property, so ECE comes from ``val``.
+# docs/results.md#trials: the unprefixed final-epoch columns of trials.parquet and the split each
+# comes from. The paper measures fidelity, attention and entropy "during KD training", so those
+# come from the training stream; calibration is a held-out property, so ECE comes from ``val``.
 TRIAL_SUMMARY_SOURCE: dict[str, tuple[str, str]] = {
     "val_acc": ("val", "acc"),
     "train_acc": ("train", "acc"),
