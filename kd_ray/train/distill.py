@@ -1,17 +1,17 @@
 """Distilling students from frozen teachers: the training epoch and its evaluations.
 
-One run trains every student trial of a *stream group*: trials that share (dataset, student
-augmentation, seed) see the same batches in the same order (SPEC §1, paired randomness), whatever
-their teachers, loss or view, so the batch is augmented once, each teacher runs once per batch
-and distinct input, and every student trains on it. Each student is exactly the model its trial
-would be if run alone: the same initial weights (seeded by the stream) and the same batches;
-only the work is shared.
+One run trains every student trial of a *stream group* (docs/experiments.md#stream-groups):
+trials that share (dataset, student augmentation, seed) see the same batches in the same order
+(docs/experiments.md#paired-randomness), whatever their teachers, loss or view, so the batch is
+augmented once, each teacher runs once per batch and distinct input, and every student trains on
+it. Each student is exactly the model its trial would be if run alone: the same initial weights
+(seeded by the stream) and the same batches; only the work is shared.
 
 Per batch the teachers (eval mode, no grad) see the students' augmented batch through each
 trial's view — in the ``split`` view only their own strip — and each student is trained on its
-SPEC §1 loss. Attention maps come from hooks on these same forward passes, and every metric of
-SPEC §2 streams into one accumulator per student and split, reduced across DDP workers before it
-is reported.
+loss (docs/experiments.md#distillation-loss). Attention maps come from hooks on these same
+forward passes, and every metric of docs/metrics.md streams into one accumulator per student and
+split, reduced across DDP workers before it is reported.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class DistillationRun:
         self.runtime = runtime
         self.num_classes = datasets.num_classes
         self.image_size = dataset_config(cfg, first.dataset).image_size
-        # SPEC §2: attention maps are compared at the input resolution.
+        # docs/metrics.md#attention-iou: attention maps are compared at the input resolution.
         self.input_size = self.image_size or datasets.native_size
         self.views = {t.view: VIEWS.get(t.view) for t in trials}
         self.teachers = {

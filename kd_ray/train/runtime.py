@@ -1,4 +1,5 @@
-"""Per-worker device and speed switches (SPEC issue 4: bf16, channels_last, torch.compile).
+"""Per-worker device and speed switches (docs/experiments.md#runtime-switches: bf16,
+channels_last, torch.compile).
 
 One object holds the decisions so the loops stay plain: where tensors go, whether to autocast,
 in which memory format, and whether models are compiled. Defaults are right for CPU; each
