@@ -1,8 +1,8 @@
 """Datasets, augmentations, teacher views and seeded, sharded data streams.
 
 Importing this package imports every dataset module, so :data:`DATASETS`, :data:`AUGMENTATIONS`
-and :data:`VIEWS` are complete. SPEC §5 API: ``data.long_tail_counts(n_max, num_classes,
-imbalance)``.
+and :data:`VIEWS` are complete. Python API (README.md#python-api): ``data.long_tail_counts(n_max,
+num_classes, imbalance)`` (docs/experiments.md#datasets).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Weak, strong and clean image pipelines per dataset family (SPEC §1, Augmentations).
+"""Weak, strong and clean image pipelines per dataset family (docs/experiments.md#augmentations).
 
 Every pipeline maps one uint8 ``C×H×W`` image to a float32 ``C×S×S`` image normalised with the
 dataset's mean/std, ``S`` being ``datasets.native_size``; the train loop resizes whole batches

@@ -1,6 +1,6 @@
 """Seeded data streams: paired randomness that survives DDP sharding and loader workers.
 
-Every random draw of a stream is a pure function of its seed (SPEC §1, paired randomness):
+Every random draw of a stream is a pure function of its seed (docs/experiments.md#paired-randomness):
 
 * the epoch's sample order is ``randperm(n)`` seeded by ``(seed, epoch)``;
 * sample ``i``'s augmentation runs under torch's global RNG seeded by
@@ -303,8 +303,8 @@ def teacher_loaders(
     """Loaders of a teacher's own training: its augmentation, its own seeded stream.
 
     ``seed`` should identify the teacher (e.g. ``stable_seed`` of its id): ``T1w`` and ``T2w``
-    are different models with different data orders (SPEC §1, Teachers). ``val`` is clean;
-    ``val_aug`` goes through the teacher's augmentation, fixed across epochs.
+    are different models with different data orders (docs/experiments.md#teachers). ``val`` is
+    clean; ``val_aug`` goes through the teacher's augmentation, fixed across epochs.
     """
     return build_loaders(
         datasets,

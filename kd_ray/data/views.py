@@ -1,4 +1,4 @@
-"""What each frozen teacher sees of the student's batch (SPEC §1, teacher view).
+"""What each frozen teacher sees of the student's batch (docs/experiments.md#teacher-views).
 
 ``full`` (vKD): every teacher sees the whole augmented image. ``split`` (hKD, the paper's A/B
 test): teacher ``i`` of ``k`` sees only its own vertical strip; the other strips are set to 0
