@@ -1,4 +1,4 @@
-"""Read a sweep's results directory (SPEC §3) into typed pandas frames.
+"""Read a sweep's results directory (docs/results.md) into typed pandas frames.
 
 This is the analysis package's only I/O: every figure, table and claim function takes the
 frames returned here, so the same functions work on a notebook's hand-filtered frames.
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Results:
-    """The four result tables of one sweep, with the SPEC §3 column types.
+    """The four result tables of one sweep, with the column types of docs/results.md.
 
     Attributes:
         name: the sweep name (the results directory's last component).
@@ -40,7 +40,7 @@ class Results:
 
 
 def empty_frame(table: str) -> pd.DataFrame:
-    """An empty frame with the columns and dtypes of one SPEC §3 table."""
+    """An empty frame with the columns and dtypes of one table of docs/results.md."""
     return SCHEMAS[table].empty_table().to_pandas()
 
 
@@ -54,7 +54,8 @@ def frame_from_table(table: str, data: pa.Table) -> pd.DataFrame:
     missing = [name for name in schema.names if name not in data.column_names]
     if missing:
         raise ResultsError(
-            f"{table}.parquet lacks columns {', '.join(missing[:5])}; expected the SPEC §3 schema"
+            f"{table}.parquet lacks columns {', '.join(missing[:5])}; "
+            "expected the kd_ray results schema (docs/results.md)"
         )
     return data.select(schema.names).cast(schema).to_pandas()
 

@@ -1,4 +1,4 @@
-"""The driver-side results collector: Tune results → SPEC §3 Parquet tables.
+"""The driver-side results collector: Tune results → the Parquet tables of docs/results.md.
 
 A ``ray.tune.Callback`` runs in the driver process, so only the driver writes results (never
 every rank). A Tune trial trains a stream group of student trials; its reports carry each

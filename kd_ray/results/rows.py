@@ -1,4 +1,5 @@
-"""Turning a worker's flat per-epoch report into rows of the SPEC §3 tables (pure functions)."""
+"""Turning a worker's flat per-epoch report into rows of the result tables of docs/results.md
+(pure functions)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
-"""Column names and types of the four result tables (SPEC §3).
+"""Column names and types of the four result tables (docs/results.md).
 
 Every table is a directory dataset (``N/<table>.parquet/``) of one file per trial or teacher,
 so every file must carry exactly the same Arrow schema: the schemas here are the single source
 of the columns, built from the metric names in :mod:`kd_ray.metrics.names`.
 
-Trials carry the SPEC's unprefixed final-epoch columns (see ``TRIAL_SUMMARY_SOURCE`` for the
-split each comes from) and, for explicit analysis, ``{split}_{metric}`` for every split and
-metric (``val_acc``, ``train_acc`` and ``val_aug_acc`` are among those).
+Trials carry the unprefixed final-epoch columns of docs/results.md#trials (see
+``TRIAL_SUMMARY_SOURCE`` for the split each comes from) and, for explicit analysis,
+``{split}_{metric}`` for every split and metric (``val_acc``, ``train_acc`` and ``val_aug_acc``
+are among those).
 """
 
 from __future__ import annotations

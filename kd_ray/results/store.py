@@ -1,4 +1,5 @@
-"""Atomic, idempotent Parquet tables under a sweep's results directory (SPEC §3).
+"""Atomic, idempotent Parquet tables under a sweep's results directory
+(docs/results.md#atomic-writes-and-resume).
 
 Each table is a directory dataset ``N/<table>.parquet/`` holding one file per trial (or per
 teacher), named after its key. Writing a trial's rows replaces that trial's file atomically, so
@@ -43,7 +44,7 @@ def to_table(table: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 
 class ResultTables:
-    """The four SPEC §3 tables of one sweep."""
+    """The four tables of one sweep (docs/results.md)."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
