@@ -1,7 +1,8 @@
 """kd_ray: distributed sweeps for ensemble knowledge-distillation studies on Ray.
 
-The stable Python API (SPEC §5) lives in three submodules, imported on first use so that
-``import kd_ray`` (and the CLI's ``--dry-run``) stays cheap::
+The stable Python API (README.md#python-api; the metrics: docs/metrics.md#python-api) lives in
+three submodules, imported on first use so that ``import kd_ray`` (and the CLI's ``--dry-run``)
+stays cheap::
 
     from kd_ray import metrics, losses, data
 """

@@ -1,4 +1,4 @@
-"""The ``kd-ray`` command line (SPEC §4).
+"""The ``kd-ray`` command line (README.md#command-line).
 
 User errors (config, data, checkpoints, results directory, cluster) print one line and exit 2,
 with no traceback; a sweep in which some trials failed exits 1 after writing everything that

@@ -1,4 +1,4 @@
-"""Student distillation losses (SPEC §1) and the ``LOSSES`` registry.
+"""Student distillation losses (docs/experiments.md#distillation-loss) and the ``LOSSES`` registry.
 
 Every registered loss is a callable
 ``(student_logits, teacher_logits_list, targets, *, temperature, alpha) -> Tensor`` returning a

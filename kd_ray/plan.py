@@ -1,8 +1,9 @@
 """From a sweep config to the work it implies: the distinct teachers and the student trials.
 
 Pure Python, no Ray and no training: ``kd-ray sweep --dry-run`` prints this plan, and the
-orchestrator runs it. Names follow SPEC §1: a permutation is ``T1s_T2w_Ss`` (teacher slots in
-order, then the student); loss, view and seed are separate fields.
+orchestrator runs it. Names follow docs/experiments.md#trial-names: a permutation is
+``T1s_T2w_Ss`` (teacher slots in order, then the student); loss, view and seed are separate
+fields.
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ class StudentTrial:
 
 
 def stream_key(trial: StudentTrial) -> tuple[str, str, int]:
-    """What decides a student trial's data stream and initial weights (SPEC §1): dataset,
-    student augmentation and seed. Not the teachers, the loss or the view: the view decides what
-    the teachers see, so a full-view and a split-view trial share their stream."""
+    """What decides a student trial's data stream and initial weights
+    (docs/experiments.md#paired-randomness): dataset, student augmentation and seed. Not the
+    teachers, the loss or the view: the view decides what the teachers see, so a full-view and a
+    split-view trial share their stream."""
     return (trial.dataset, trial.student_aug, trial.seed)
 
 

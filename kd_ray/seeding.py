@@ -1,4 +1,5 @@
-"""Stable seeds derived from names, the basis of paired randomness (SPEC §1).
+"""Stable seeds derived from names, the basis of paired randomness
+(docs/experiments.md#paired-randomness).
 
 Python's ``hash`` is salted per process, so seeds are derived from a SHA-256 of the parts'
 text instead: the same parts give the same seed on every machine, worker and restart.
