@@ -1,4 +1,4 @@
-"""Hand-made result directories with the real SPEC §3 schemas, for the analysis tests.
+"""Hand-made result directories with the real schemas of docs/results.md, for the analysis tests.
 
 ``trial_row`` fills every column of ``trials.parquet`` from a few metrics, keeping the
 unprefixed columns and their ``{split}_{metric}`` sources (``TRIAL_SUMMARY_SOURCE``) in step;

@@ -5,9 +5,9 @@ ViT-B/32 teachers with a ViT-B/16 student, at 224 px on GPUs. Here the same
 :class:`~kd_ray.train.distill.DistillationRun` trains each pair for one epoch of exactly one
 batch of the ``synthetic`` dataset, upsampled from its native 16 px by the loop's own
 ``resize_batch``: teachers forward with attention hooks, student forward/backward, the loss, an
-SGD step and every SPEC §2 metric of the three splits. It catches what a dry run cannot — a
-model that does not build at a non-native size, attention hooks that miss a family, a metric
-that breaks on a real forward pass — in seconds rather than GPU hours.
+SGD step and every metric of docs/metrics.md on the three splits. It catches what a dry run
+cannot — a model that does not build at a non-native size, attention hooks that miss a family, a
+metric that breaks on a real forward pass — in seconds rather than GPU hours.
 """
 
 from __future__ import annotations

@@ -165,8 +165,9 @@ def test_cifar100_lt_on_a_small_archive_is_deterministic(small_root: Path) -> No
 
 
 def test_full_size_archive_gives_the_published_cifar100_lt_sizes(full_root: Path) -> None:
-    """SPEC §5: imbalance 100 keeps 10847 images, 500 in class 0 and 5 in class 99 (50 and 10 are
-    long_tail_counts facts, tested with it; each extra build here rereads 150 MB)."""
+    """docs/experiments.md#datasets: imbalance 100 keeps 10847 images, 500 in class 0 and 5 in
+    class 99 (50 and 10 are long_tail_counts facts, tested with it; each extra build here rereads
+    150 MB)."""
     folder = full_root / "cifar-100-python"
     rows, labels = _rows(folder, "train")
     full = DATASETS.get("cifar100")(_cfg(root=str(full_root)))

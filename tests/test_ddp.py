@@ -1,4 +1,5 @@
-"""SPEC §2: a 2-worker DDP trial reports the same metrics as a 1-worker trial (real Ray Train).
+"""A 2-worker DDP trial reports the same metrics as a 1-worker trial (real Ray Train;
+docs/metrics.md#ddp-reduction).
 
 The 1-worker side is the shared reference sweep (``_sweep_helpers.uninterrupted_run``); the
 2-worker sweep reuses its teachers from the store, so both students distil from the same

@@ -22,15 +22,15 @@ Tolerances, and why (measured values are from the CPU variants on this project's
   1e-3 relative (measured 1e-6 on ResNet18), and train-mode gradients to 1e-3 in relative norm
   (measured 2e-7 for a GroupNorm CNN, 1e-4 for ResNet18 at 32 px, batch 4, 5e-6 at 64 px, batch 8:
   batch-statistics BatchNorm over few values amplifies the reordered sums).
-* **Attention maps under bf16** are compared as SPEC §2 compares them: each map min-max normalised
-  and binarised at the sweep's default threshold (0.4). The mean IoU of bf16 against fp32 masks
-  must be at least 0.85, and the mean absolute difference of the normalised maps at most 0.05
-  (measured on CPU: IoU 0.99-1.0 and 0.004-0.007 for ResNet18/ResNet50 CAMs and for vit_tiny and
-  ViT-B/16 CLS attention at 224 px). Only pixels near the threshold can flip, so the IoU is the
-  robust figure; CAMs use ``cam_target="label"`` so that a near-tie between two random-init logits
-  cannot switch the class whose map is compared. Maps from a pass under autocast must also be
-  float32 and, for ViTs, equal (1e-4) to fp32 attention weights of the same inputs: a strict
-  expected failure until kd_ray's ViT hook stops running under the caller's autocast.
+* **Attention maps under bf16** are compared as docs/metrics.md#attention-iou compares them: each
+  map min-max normalised and binarised at the sweep's default threshold (0.4). The mean IoU of bf16
+  against fp32 masks must be at least 0.85, and the mean absolute difference of the normalised maps
+  at most 0.05 (measured on CPU: IoU 0.99-1.0 and 0.004-0.007 for ResNet18/ResNet50 CAMs and for
+  vit_tiny and ViT-B/16 CLS attention at 224 px). Only pixels near the threshold can flip, so the
+  IoU is the robust figure; CAMs use ``cam_target="label"`` so that a near-tie between two
+  random-init logits cannot switch the class whose map is compared. Maps from a pass under autocast
+  must also be float32 and, for ViTs, equal (1e-4) to fp32 attention weights of the same inputs: a
+  strict expected failure until kd_ray's ViT hook stops running under the caller's autocast.
 * **Checkpoint round trip** on the device: the resumed run's next epoch equals the uninterrupted
   one to 1e-4 relative (cuDNN deterministic; float atomics in the metric sums may reorder).
 * **torch.compile** with the hooks must give the eager model's maps, logits and gradients over

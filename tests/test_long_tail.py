@@ -1,4 +1,5 @@
-"""Long-tail counts against the published CIFAR-100-LT sizes (SPEC §5) and subset selection."""
+"""Long-tail counts against the published CIFAR-100-LT sizes (docs/experiments.md#datasets) and
+subset selection."""
 
 from __future__ import annotations
 

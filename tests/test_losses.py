@@ -1,4 +1,4 @@
-"""Distillation losses against a hand-written reference of SPEC §1."""
+"""Distillation losses against a hand-written reference of docs/experiments.md#distillation-loss."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ C = 7
 
 
 def reference_loss(s, teachers, y, tau, alpha, standardize):
-    """SPEC §1 written out sample by sample in float64 numpy."""
+    """docs/experiments.md#distillation-loss written out sample by sample in float64 numpy."""
     s = np.asarray(s, dtype=np.float64)
     y = np.asarray(y)
 

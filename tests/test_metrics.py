@@ -1,4 +1,5 @@
-"""The SPEC §5 metric functions: hand-computed cases and independent implementations."""
+"""The metric functions of docs/metrics.md#python-api: hand-computed cases and independent
+implementations."""
 
 from __future__ import annotations
 

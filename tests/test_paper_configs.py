@@ -1,11 +1,11 @@
 """Every sweep config under ``experiments/`` plans through the real CLI to the grid it claims.
 
-Expected counts come from the grid formula (SPEC §1), never from a CLI run: k teachers have
-2^(k+1) augmentation permutations, the distinct teachers are the slots T1..T(max k) times
-{w, s}, and every permutation runs once per loss, view and seed. Starting a Python that imports
-torch and torchvision costs several seconds, so all configs are planned in one subprocess that
-calls the CLI's ``main`` (the function the ``kd-ray`` script runs); one more subprocess runs the
-installed ``kd-ray`` executable itself, in parallel.
+Expected counts come from the grid formula (docs/experiments.md#grid-size), never from a CLI run: k
+teachers have 2^(k+1) augmentation permutations, the distinct teachers are the slots T1..T(max k)
+times {w, s}, and every permutation runs once per loss, view and seed. Starting a Python that
+imports torch and torchvision costs several seconds, so all configs are planned in one subprocess
+that calls the CLI's ``main`` (the function the ``kd-ray`` script runs); one more subprocess runs
+the installed ``kd-ray`` executable itself, in parallel.
 """
 
 from __future__ import annotations
@@ -176,8 +176,8 @@ def test_dry_run_prints_the_grid_counts(path: Path, dry_runs: dict) -> None:
 
 
 def test_paper_grid_counts_match_spec() -> None:
-    # SPEC §1: "2 x (4+8+16) = 56 student trials per dataset"; the paper's A/B test is 8 perms
-    # in each of its two groups.
+    # docs/experiments.md#grid-size: "2 × (4 + 8 + 16) = 56 student trials" per dataset and seed;
+    # the paper's A/B test is 8 perms in each of its two groups.
     assert (FULL.teachers(), FULL.trials()) == (6, 2 * (4 + 8 + 16))
     assert (AB.teachers(), AB.trials()) == (4, 2 * 8)
 

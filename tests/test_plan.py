@@ -77,8 +77,9 @@ def test_permutation_filter() -> None:
 
 
 def test_stream_groups_ignore_teachers_loss_and_view() -> None:
-    # SPEC §1: the stream is (dataset, student augmentation, seed); the view only changes what
-    # the teachers see, so a full- and a split-view trial of one permutation share a group.
+    # docs/experiments.md#stream-groups: the stream is (dataset, student augmentation, seed); the
+    # view only changes what the teachers see, so a full- and a split-view trial of one permutation
+    # share a group.
     plan = plan_sweep(
         _cfg(teacher_counts=[1, 2], losses=["kd", "zscore_kd"], views=["full", "split"], seeds=[0, 1])
     )

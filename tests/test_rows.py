@@ -1,4 +1,4 @@
-"""From a worker's flat report to rows of the SPEC §3 tables, and their Arrow schemas."""
+"""From a worker's flat report to rows of the docs/results.md tables, and their Arrow schemas."""
 
 from __future__ import annotations
 
