@@ -36,3 +36,12 @@ class ClusterError(KdRayError):
 class StorageError(ResultsError, OSError):
     """The results store failed (unreachable, removed, not writable); also an ``OSError``, so
     code that handles filesystem errors keeps handling it."""
+
+
+class LeaseHeld(ResultsError):
+    """Another live driver holds the lease of this sweep or teacher (see
+    :mod:`kd_ray.orchestration.lease`); ``holder`` says who."""
+
+    def __init__(self, message: str, holder: object = None) -> None:
+        super().__init__(message)
+        self.holder = holder

@@ -33,6 +33,7 @@ from typing import Any
 
 from kd_ray.config import SweepConfig, dump_config
 from kd_ray.errors import ClusterError, KdRayError, ResultsError
+from kd_ray.orchestration.lease import sweep_lease, train_once
 from kd_ray.orchestration.preflight import (
     check_datasets,
     check_local_resources,
@@ -365,19 +366,26 @@ def _user_error(err: BaseException) -> KdRayError | None:
 def _train_teachers(
     cfg, plan: SweepPlan, root: Storage, sweep: Storage, base: dict, verbose: int
 ) -> tuple[int, int, dict[str, str]]:
-    """Train the teachers not yet in the store: (trained, reused, reason per failed teacher)."""
+    """Train the teachers not yet in the store: (trained, reused, reason per failed teacher).
+
+    Each is trained under its lease in the store (``_teachers/<id>.lease``), so two sweeps never
+    train one teacher into the same place: a teacher that another live driver is training is
+    waited for and reused (:func:`kd_ray.orchestration.lease.train_once`).
+    """
     store = TeacherStore.under(root)
     missing = [t for t in plan.teachers if not store.has(t.teacher_id)]
-    reused = len(plan.teachers) - len(missing)
     reasons: dict[str, str] = {}
-    if missing:
+
+    def train(ids: list[str]) -> None:
         _init_ray(cfg)
         from kd_ray.orchestration.collector import TeacherOutcomes
         from kd_ray.orchestration.trials import teacher_trial
 
-        log.info("training %d teacher(s); %d found already trained", len(missing), reused)
+        log.info(
+            "training %d teacher(s); %d found already trained", len(ids), len(plan.teachers) - len(missing)
+        )
         outcomes = TeacherOutcomes()
-        items = [t.__dict__ for t in missing]
+        items = [plan.teacher(tid).__dict__ for tid in ids]
         _tune(
             cfg,
             sweep,
@@ -388,15 +396,25 @@ def _train_teachers(
             [outcomes],
             verbose,
         )
-        reasons = dict(outcomes.errors)
+        reasons.update(outcomes.errors)
+
+    mine, gave_up = train_once(
+        store.storage,
+        [t.teacher_id for t in missing],
+        done=store.has,
+        train=train,
+        what=lambda tid: f"teacher {tid} of sweep {cfg.name!r}",
+    )
+    reasons.update(gave_up)
     tables = ResultTables(sweep)
-    trained = 0
+    trained = reused = 0
     for spec in plan.teachers:
         ok = store.has(spec.teacher_id)
         info = store.info(spec.teacher_id) if ok else None
         error = None
         if ok:
-            trained += spec in missing
+            trained += spec.teacher_id in mine
+            reused += spec.teacher_id not in mine  # found trained, or trained by another driver
         else:
             error = reasons.setdefault(
                 spec.teacher_id, "teacher training did not finish (see the Ray logs of its trial)"
@@ -589,11 +607,25 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
     Inputs are checked on the driver before Ray starts (data first, before anything is
     written; then the stored teachers the remaining trials need), so a user error costs seconds
     and leaves the results of earlier runs as they were.
+
+    The sweep is leased to this driver (``RESULTS/<name>.lease``, see
+    :mod:`kd_ray.orchestration.lease`) from the results check until it returns, fails or is
+    interrupted: a second driver of the same sweep refuses with one line, before Ray starts.
     """
     plan = plan_sweep(cfg)
     check_datasets(cfg)
     check_local_resources(cfg, trial_cpu=_TRIAL_FN_CPU)
     root, sweep = prepare_results(cfg, results, resume=resume)
+    lease = sweep_lease(root, cfg.name)  # a second driver of this sweep refuses here, before Ray
+    try:
+        return _run_sweep(cfg, plan, root, sweep, resume=resume, verbose=verbose)
+    finally:
+        lease.release()
+
+
+def _run_sweep(
+    cfg: SweepConfig, plan: SweepPlan, root: Storage, sweep: Storage, *, resume: bool, verbose: int
+) -> SweepOutcome:
     tables = ResultTables(sweep)
     finished, scratch = _finished_trials(tables, cfg) if resume else (set(), set())
     todo = [t for t in plan.trials if t.trial_id not in finished]
