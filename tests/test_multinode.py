@@ -1,0 +1,312 @@
+"""Multi-node, for real: a worker node lost mid-sweep on a 3-node Ray cluster (issue 9, item 13).
+
+Three ``ray start`` processes on this machine, all on 127.0.0.1 (every Ray service listens on
+loopback only), each with its own temp dir and ports: a head with no CPUs (Ray's advice for a
+cluster's head: it runs the GCS, the job server and the job's driver) and two worker nodes of
+1 CPU each. Token authentication is on, as in ``test_job_submit``. The tiny sweep (teachers
+copied from the reference run, so only the student stage runs) is submitted with ``ray job
+submit``; its results live on a local path, which every node sees (one machine). Each of its two
+stream groups needs 0.95 CPU for its one Train worker, so each worker node trains one group,
+and the Tune function that drives a group (and its Train controller) runs on a worker node too.
+
+Once every group has reported an epoch, a worker node that runs a group's Tune function (and a
+Train worker) is killed: its raylet and every process under it, by pid (SIGKILL, as a lost spot
+node). The sweep must finish (the job succeeds, every trial ok), the lost group must continue
+from its epoch checkpoint, and every trial's final metrics and per-epoch rows must equal an
+uninterrupted run's. Today's default ``failure.trial_max_failures: 0`` loses the group whose
+Tune function was on the node: the test is a strict xfail until that default is 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from _sweep_helpers import (
+    PYTHON,
+    assert_no_processes_under,
+    assert_same_results,
+    copy_teachers,
+    kill_processes_under,
+    processes_under,
+    ray_tmpdir,
+    table,
+    uninterrupted_run,
+    write_config,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+RAY = str(Path(PYTHON).with_name("ray"))
+WORKER_NODES = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    """Ports a raylet and its agents would otherwise share with the other nodes on this host."""
+    return [
+        f"--node-manager-port={_free_port()}",
+        f"--object-manager-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+    ]
+
+
+# Worker nodes join through Ray's own CLI (``ray.scripts.scripts.main``, what ``ray start`` runs)
+# with two settings changed in that process only. Ray's single-machine mode
+# (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps every service on 127.0.0.1) makes ``ray start``
+# refuse to add a worker node; cluster mode instead swaps 127.0.0.1 (in --address and
+# --node-ip-address) for the machine's routable IP, and GCS and raylet then listen on every
+# interface. So the CLI runs in cluster mode with 127.0.0.1 kept as given; the node's processes
+# inherit single-machine mode from the environment, like the head's.
+_JOIN_ON_LOOPBACK = (
+    "import sys\n"
+    "from ray._private import ray_constants, services\n"
+    "from ray.scripts.scripts import main\n"
+    "ray_constants.ENABLE_RAY_CLUSTER = True\n"
+    "services.resolve_ip_for_localhost = lambda host: host\n"
+    "sys.argv[0] = 'ray'\n"
+    "sys.exit(main())\n"
+)
+
+
+def _start_node(cmd: list[str], env: dict[str, str]) -> None:
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Head (0 CPUs) and two 1-CPU worker nodes, all on 127.0.0.1, each with its own temp dir.
+
+    Yields (job API address, client env, {node name: temp dir}). Every process of every node is
+    found by its temp dir and killed at the end, whatever happened.
+    """
+    token = tmp_path / "auth_token"
+    token.write_text(uuid.uuid4().hex)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray service on 127.0.0.1 only
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    tmps = {"head": ray_tmpdir(), **{f"worker{i}": ray_tmpdir() for i in range(1, WORKER_NODES + 1)}}
+    gcs_port, dash_port = _free_port(), _free_port()
+    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats", "--object-store-memory=100000000"]
+    try:
+        _start_node(
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={gcs_port}",
+                "--num-cpus=0",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash_port}",
+                f"--ray-client-server-port={_free_port()}",
+                f"--temp-dir={tmps['head']}/ray",
+                *common,
+                *_node_ports(),
+            ],
+            {**env, "RAY_TMPDIR": tmps["head"]},
+        )
+        for name, tmp in tmps.items():
+            if name != "head":
+                _start_node(
+                    [
+                        PYTHON,
+                        "-c",
+                        _JOIN_ON_LOOPBACK,
+                        "start",
+                        f"--address=127.0.0.1:{gcs_port}",
+                        "--num-cpus=1",
+                        f"--temp-dir={tmp}/ray",
+                        *common,
+                        *_node_ports(),
+                    ],
+                    {**env, "RAY_TMPDIR": tmp},
+                )
+        yield f"http://127.0.0.1:{dash_port}", env, tmps
+    finally:
+        for tmp in tmps.values():
+            kill_processes_under(tmp)
+        for tmp in tmps.values():
+            assert_no_processes_under(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _titles(procs: list[psutil.Process]) -> str:
+    names = []
+    for proc in procs:
+        try:
+            names.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+    return "\n".join(names)
+
+
+def _kill_node(tmp: str) -> int:
+    """SIGKILL every process of one node (raylet, agents, log monitor, workers): how many."""
+    procs = processes_under(tmp)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    assert not alive, f"survived SIGKILL: {alive}"
+    assert_no_processes_under(tmp)
+    return len(procs)
+
+
+def _job_status(address: str, token: str, job_id: str) -> str:
+    """The job's status from the job API (cheaper to poll than ``ray job status``)."""
+    request = urllib.request.Request(
+        f"{address}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return json.loads(reply.read())["status"]
+    except OSError:  # a busy dashboard: ask again next time
+        return "UNKNOWN"
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.stem for p in folder.glob("*.parquet")} if folder.exists() else set()
+
+
+def _stream(trial_id: str) -> str:
+    """The stream group (student augmentation) of a trial id like ``synthetic-T1w_Sw-kd-full-s0``."""
+    return trial_id.split("-")[1].rsplit("_", 1)[1]
+
+
+def _gist(output: str) -> str:
+    """kd-ray's own lines and the error lines of a job log (Ray's are long)."""
+    keep = [
+        line[:300]
+        for line in output.splitlines()
+        if line.startswith("kd-ray") or "resuming from" in line or "Error" in line or "FailurePolicy" in line
+    ]
+    return "\n".join(keep[-60:])
+
+
+class NodeLossNotSurvived(Exception):
+    """The sweep lost trials to the node loss (what the xfail below expects, and nothing else)."""
+
+
+@pytest.fixture
+def reference():
+    """The uninterrupted tiny sweep (shared with the other slow tests), run before any cluster."""
+    return uninterrupted_run()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=NodeLossNotSurvived,
+    reason="failure.trial_max_failures defaults to 0: the lost node ran a stream group's Tune "
+    "function (and so its Train controller), Tune sees ActorUnavailableError and does not re-run "
+    "the trial, so both students of that group end 'failed' and the job exits 1. With "
+    "trial_max_failures: 1 the trial re-runs and resumes from its epoch checkpoint (passes). "
+    "Fix: default 1 in kd_ray/config.py FailureConfig",
+)
+def test_sweep_survives_losing_a_worker_node(tmp_path, reference, cluster):
+    address, env, tmps = cluster
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    results = tmp_path / "results"
+    copy_teachers(reference, results)  # teachers found by content hash: only the student stage runs
+    # TINY as the reference ran it, with the default failure settings. Train's poll interval at
+    # Ray's default (2 s, not TINY's 0.2 s) paces the epoch reports, so a group trains for
+    # seconds rather than one: time to find both groups mid-way. It changes no number.
+    config = write_config(tmp_path, {"resources": {"report_interval_s": 2.0}})
+    trial_ids = set(table(reference / "tiny", "trials")["trial_id"])
+    streams = {_stream(t) for t in trial_ids}
+    sweep = results / "tiny"
+    job_id = f"kd-ray-{uuid.uuid4().hex[:8]}"
+    entrypoint = [
+        PYTHON,
+        "-m",
+        "kd_ray.cli",
+        "sweep",
+        str(config),
+        "--results",
+        str(results),
+        "--no-report",
+        "-q",
+    ]
+    submitted = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--no-wait", "--submission-id", job_id, "--", *entrypoint],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    t0 = time.monotonic()
+    timeline: list[str] = []
+
+    def note(event: str) -> None:
+        timeline.append(f"{time.monotonic() - t0:6.1f}s {event}")
+
+    # Kill a worker node once every stream group has reported an epoch (so has a checkpoint) and
+    # one still runs: the node that runs a running group's Tune function (and so its Train
+    # controller), and a Train worker if one does: 1 CPU per node and 0.95 per Train worker,
+    # so each worker node trains one group.
+    workers = [name for name in tmps if name != "head"]
+    deadline, victim, status, seen = t0 + 420, None, "", None
+    while time.monotonic() < deadline:
+        status = _job_status(address, token, job_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        started = {_stream(t) for t in _files(sweep / "epochs.parquet")}
+        finished = _files(sweep / "trials.parquet")
+        running = streams - {_stream(t) for t in finished}
+        if (started, finished) != seen:
+            seen = (started, finished)
+            note(f"groups reporting {sorted(started)}, trials finished {sorted(finished)}")
+        if victim is None and started == streams:
+            assert running, "every group finished before a node could be killed:\n" + "\n".join(timeline)
+            titles = {name: _titles(processes_under(tmps[name])) for name in workers}
+            hosts = [name for name in workers if "ImplicitFunc" in titles[name]]  # Tune functions
+            hosts.sort(key=lambda name: "RayTrainWorker" not in titles[name])
+            if hosts:
+                victim = hosts[0]
+                note(
+                    f"killed {victim} ({_kill_node(tmps[victim])} processes; groups running {sorted(running)})"
+                )
+        time.sleep(0.2)
+    note(f"job {status}")
+    logs = subprocess.run(
+        [RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True, text=True, timeout=120
+    )  # fmt: skip
+    output = logs.stdout + logs.stderr
+    (tmp_path / "job.log").write_text(output)
+    story = "\n".join(timeline)
+    print(story)
+    assert victim is not None, f"no worker node was killed\n{story}\n{_gist(output)}"
+    assert status in ("SUCCEEDED", "FAILED"), f"job {status}\n{story}\n{_gist(output)}"
+    if status != "SUCCEEDED" or "4 trial(s) ok, 0 failed" not in output:
+        raise NodeLossNotSurvived(f"job {status} after losing {victim}\n{story}\n{_gist(output)}")
+    # The group the node trained continued from its last epoch checkpoint, on the other node.
+    assert re.search(r": resuming from its epoch [1-9]\d* checkpoint", output), _gist(output)
+
+    # Every trial's final metrics and per-epoch rows equal the uninterrupted run's.
+    trials, epochs = table(sweep, "trials"), table(sweep, "epochs")
+    assert set(trials["trial_id"]) == trial_ids and (trials["status"] == "ok").all()
+    assert not epochs.duplicated(["trial_id", "epoch", "split"]).any()
+    assert_same_results(trials, table(reference / "tiny", "trials"), ["trial_id"])
+    assert_same_results(epochs, table(reference / "tiny", "epochs"), ["trial_id", "epoch", "split"])
