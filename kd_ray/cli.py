@@ -31,26 +31,21 @@ def _print_plan(cfg, plan) -> None:
     print(f"\nstudent trials ({len(plan.trials)}):")
     for t in plan.trials:
         print(f"  {t.trial_id}")
-    print(f"\n{len(plan.teachers)} teachers, {len(plan.trials)} student trials")
+
+
+def _plan_summary(plan) -> str:
+    """The dry run's last line, which scripts and tests read."""
+    return f"{len(plan.teachers)} teachers, {len(plan.trials)} student trials"
 
 
 def _print_cohorts(cfg, plan, *, gpus: int | None, cpus: float | None) -> None:
-    """The cost of the plan on a cluster: runs, GPU-hours, makespan, saving (kd_ray.cohort).
-
-    The cluster is ``--gpus``/``--cpus`` when given, else this machine's CPUs (a GPU config
-    without ``--gpus`` is costed as one GPU per run slot of this machine's size).
-    """
-    import os
-
+    """The cost of the plan on a cluster of ``gpus`` GPUs or ``cpus`` CPUs: runs, GPU-hours,
+    makespan against its lower bound, saving against one run per trial (kd_ray.cohort)."""
     from kd_ray.cohort import plan_cohorts, slots_for
 
-    if gpus is None and cpus is None:
-        cpus = float(os.cpu_count() or 1)
-        where = f"this machine's {int(cpus)} CPUs"
-    else:
-        where = f"{gpus} GPU(s)" if gpus is not None else f"{cpus:g} CPU(s)"
+    where = f"{gpus} GPU(s)" if gpus is not None else f"{cpus:g} CPU(s)"
     slots = slots_for(cfg, gpus=gpus, cpus=cpus)
-    print(f"\ncost on {where} ({slots} concurrent run(s); --gpus N or --cpus N for another cluster):")
+    print(f"\ncost on {where} ({slots} concurrent run(s)):")
     print(plan_cohorts(plan, cfg, slots).format())
 
 
@@ -62,7 +57,9 @@ def _sweep(args: argparse.Namespace) -> int:
     plan = plan_sweep(cfg)
     if args.dry_run:
         _print_plan(cfg, plan)
-        _print_cohorts(cfg, plan, gpus=args.gpus, cpus=args.cpus)
+        if args.gpus is not None or args.cpus is not None:
+            _print_cohorts(cfg, plan, gpus=args.gpus, cpus=args.cpus)
+        print(f"\n{_plan_summary(plan)}")
         return 0
     import os
 
@@ -116,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the teachers and student trials; start nothing"
     )
     size = sweep.add_mutually_exclusive_group()
-    size.add_argument("--gpus", type=int, help="with --dry-run: cost the plan on a cluster of N GPUs")
-    size.add_argument("--cpus", type=float, help="with --dry-run: cost the plan on N CPUs")
+    size.add_argument(
+        "--gpus", type=int, help="with --dry-run: also print what the plan costs on N GPUs (docs/cohorts.md)"
+    )
+    size.add_argument("--cpus", type=float, help="with --dry-run: also print what the plan costs on N CPUs")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     sweep.add_argument("--results", help="results directory or URI (default: the config's `results`)")
     sweep.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")

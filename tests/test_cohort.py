@@ -384,7 +384,7 @@ def test_dry_run_with_gpus_prints_the_cost_of_the_plan(capsys: pytest.CaptureFix
 
     assert main(["sweep", str(REPO / "experiments" / "cifar100.yaml"), "--dry-run", "--gpus", "8"]) == 0
     out = capsys.readouterr().out
-    assert "cost on 8 GPU(s) (8 concurrent run(s)" in out
+    assert "cost on 8 GPU(s) (8 concurrent run(s))" in out
     assert "student runs: 8 for 56 trials on 8 slot(s)" in out
     assert "100% of slot time busy" in out
     for words in (
