@@ -20,6 +20,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from kd_ray import analysis as A
+from kd_ray.analysis.claims import SUMMARY_COLUMNS
 from kd_ray.errors import ResultsError
 from kd_ray.storage import Storage
 
@@ -38,25 +39,6 @@ p.nodata{color:#8a6d3b;background:#fcf8e3;border:1px solid #faebcc;padding:.5rem
 .meta{color:#666;font-size:.9rem} details{margin:.5rem 0} pre{background:#f7f7f7;padding:.6rem;overflow-x:auto}
 """
 
-_CLAIM_COLUMNS = {
-    "claim": "claim",
-    "claim_text": "what the paper says",
-    "verdict": "verdict",
-    "statistic": "test",
-    "unit": "unit",
-    "strata": "strata",
-    "value": "value",
-    "p_value": "p (raw)",
-    "p_holm": "p (Holm)",
-    "p_eq9": "eq. 9 p",
-    "ci_low": "95% CI low",
-    "ci_high": "95% CI high",
-    "n": "n",
-    "n_needed": "n needed",
-    "pooled": "pooled vs within strata",
-    "robustness": "robustness and context",
-    "note": "note",
-}
 _TEXT_COLUMNS = (
     "claim",
     "claim_text",
@@ -79,11 +61,11 @@ def _fmt(value: object) -> str:
 
 
 def _claims_html(claims: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(label)}</th>" for label in _CLAIM_COLUMNS.values())
+    head = "".join(f"<th>{html.escape(label)}</th>" for label in SUMMARY_COLUMNS.values())
     body = []
     for row in claims.to_dict("records"):
         cells = []
-        for column in _CLAIM_COLUMNS:
+        for column in SUMMARY_COLUMNS:
             cls = "text" if column in _TEXT_COLUMNS else ""
             if column == "verdict":
                 cls += f" verdict-{row['verdict']}"

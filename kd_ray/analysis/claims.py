@@ -218,6 +218,27 @@ CLAIMS: dict[str, Claim] = {
     ),
 }
 
+# The columns of :func:`summarize_claims`, in order, with the report's header for each.
+SUMMARY_COLUMNS: dict[str, str] = {
+    "claim": "claim",
+    "claim_text": "what the paper says",
+    "verdict": "verdict",
+    "statistic": "test",
+    "unit": "unit",
+    "strata": "strata",
+    "value": "value",
+    "p_value": "p (raw)",
+    "p_holm": "p (Holm)",
+    "p_eq9": "eq. 9 p",
+    "ci_low": "95% CI low",
+    "ci_high": "95% CI high",
+    "n": "n",
+    "n_needed": "n needed",
+    "pooled": "pooled vs within strata",
+    "robustness": "robustness and context",
+    "note": "note",
+}
+
 # Which role a row of :func:`claim_parts` plays: only "primary" rows decide verdicts.
 PRIMARY, POOLED, VAL_SPLIT, CONTEXT = "primary", "pooled", "val split", "context"
 
@@ -530,25 +551,7 @@ def summarize_claims(parts: pd.DataFrame) -> pd.DataFrame:
     out["verdict"] = np.where(significant, out["direction"], "inconclusive")
     out.loc[out["verdict"] == "supported", "n_needed"] = None
     out.loc[out["verdict"] == "contradicted", "n_needed"] = None
-    columns = [
-        "claim",
-        "claim_text",
-        "verdict",
-        "statistic",
-        "unit",
-        "strata",
-        "value",
-        "p_value",
-        "p_holm",
-        "p_eq9",
-        "ci_low",
-        "ci_high",
-        "n",
-        "n_needed",
-        "pooled",
-        "robustness",
-        "note",
-    ]
+    columns = list(SUMMARY_COLUMNS)
     out = out[columns]
     out["n_needed"] = out["n_needed"].astype("Int64")
     return out
