@@ -1,0 +1,10 @@
+"""Suite order: fast unit tests first, the slow end-to-end ones (marked ``slow``: they start Ray
+or run the CLI) last, so a broken unit shows in seconds; within each part, file order is kept."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
