@@ -218,7 +218,11 @@ class RuntimeConfig(_Strict):
 
 class FailureConfig(_Strict):
     worker_max_failures: NonNegInt = Field(1, description="Ray Train restarts of a trial's workers")
-    trial_max_failures: NonNegInt = Field(0, description="Ray Tune re-runs of a failed trial")
+    # A lost node takes a run's Train controller with it (it lives beside the Tune function), which
+    # Ray Train's own retries cannot recover; one Tune re-run resumes from the epoch checkpoint.
+    trial_max_failures: NonNegInt = Field(
+        1, description="Ray Tune re-runs of a failed trial (resumes from its last epoch checkpoint)"
+    )
 
 
 class SweepConfig(_Strict):

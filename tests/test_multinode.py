@@ -13,8 +13,9 @@ Once every group has reported an epoch, a worker node that runs a group's Tune f
 Train worker) is killed: its raylet and every process under it, by pid (SIGKILL, as a lost spot
 node). The sweep must finish (the job succeeds, every trial ok), the lost group must continue
 from its epoch checkpoint, and every trial's final metrics and per-epoch rows must equal an
-uninterrupted run's. Today's default ``failure.trial_max_failures: 0`` loses the group whose
-Tune function was on the node: the test is a strict xfail until that default is 1.
+uninterrupted run's. The lost node ran a group's Tune function and so its Train controller,
+which Ray Train cannot restart: the default ``failure.trial_max_failures: 1`` has Tune re-run
+that trial, which resumes from its epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -218,15 +219,6 @@ def reference():
     return uninterrupted_run()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NodeLossNotSurvived,
-    reason="failure.trial_max_failures defaults to 0: the lost node ran a stream group's Tune "
-    "function (and so its Train controller), Tune sees ActorUnavailableError and does not re-run "
-    "the trial, so both students of that group end 'failed' and the job exits 1. With "
-    "trial_max_failures: 1 the trial re-runs and resumes from its epoch checkpoint (passes). "
-    "Fix: default 1 in kd_ray/config.py FailureConfig",
-)
 def test_sweep_survives_losing_a_worker_node(tmp_path, reference, cluster):
     address, env, tmps = cluster
     token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
