@@ -66,6 +66,11 @@ def cluster(tmp_path):
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr
+        # `ray start` returns before the dashboard's HTTP server listens; wait for it.
+        deadline = time.monotonic() + 120
+        while not _listen_hosts(dash_port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _listen_hosts(dash_port), "the dashboard never listened"
         yield f"http://127.0.0.1:{dash_port}", env, gcs_port, dash_port, ray_tmp
     finally:
         kill_processes_under(ray_tmp)

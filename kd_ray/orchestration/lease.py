@@ -163,17 +163,22 @@ class Holder:
     def expired(self, now: float | None = None) -> str | None:
         """Why this lease has expired (its heartbeat stopped, its process is gone), or None."""
         now = time.time() if now is None else now
+        # A holder known to be gone says so first: that is the routine resume after a kill.
+        if self.gone_from_this_machine():
+            return f"process {self.pid} on this machine is gone"
         age = now - self.heartbeat_at
         if age > self.expires_after_s:
             return f"no heartbeat for {age:.0f} s"
-        if (
+        return None
+
+    def gone_from_this_machine(self) -> bool:
+        """The holder ran on this machine and its process no longer exists."""
+        return bool(
             self.pid
             and self.machine
             and self.machine == _machine()
             and not _pid_alive(self.pid, self.pid_start)
-        ):
-            return f"process {self.pid} on this machine is gone"
-        return None
+        )
 
     def describe(self, now: float | None = None, *, what: bool = True) -> str:
         now = time.time() if now is None else now
@@ -394,9 +399,7 @@ def acquire(storage: Storage, name: str, *, what: str, atomic: bool | None = Non
             raise LeaseHeld(f"{storage.uri}/{name}: held by {current.describe()}", current)
         # A holder whose process is gone from this machine is the routine resume after a kill:
         # said in the debug log only, so a resume refused for a user error stays one line.
-        level = (
-            logging.WARNING if current.expires_after_s < time.time() - current.heartbeat_at else logging.DEBUG
-        )
+        level = logging.DEBUG if current.gone_from_this_machine() else logging.WARNING
         log.log(
             level,
             "%s: taking over the expired lease of %s (%s)",
