@@ -315,14 +315,9 @@ def _this_machine() -> dict[str, float]:
     """The CPUs and GPUs a private local Ray cluster gets on this machine, as Ray counts them."""
     import torch
 
-    try:
-        from ray._private.utils import get_num_cpus  # cgroup-aware, as ray.init counts
+    from kd_ray.orchestration._ray_compat import local_cpu_count
 
-        cpus = float(get_num_cpus())
-    except Exception:  # a Ray without it: the CPUs this process may run on
-        cpus = float(
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        )
+    cpus = local_cpu_count()
     return {"CPU": cpus, "GPU": float(torch.cuda.device_count())}
 
 

@@ -151,9 +151,9 @@ def _loopback_only() -> None:
     os.environ.update(loopback_env())
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if "ray" in sys.modules:  # imported earlier in this process (tests, notebooks)
-        from ray._private import ray_constants
+        from kd_ray.orchestration._ray_compat import set_single_machine_mode
 
-        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+        set_single_machine_mode(os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0")
 
 
 def _node_resources() -> list[dict[str, float]]:
