@@ -154,6 +154,8 @@ def forward_flops(arch: str, *, num_classes: int, in_channels: int, image_size: 
             model(x)
         return int(counter.get_total_flops())
 
+    # The meta device allocates nothing, but some operators have no meta kernel (they raise
+    # NotImplementedError or RuntimeError); those models are counted on the CPU at batch 1.
     try:
         return count("meta")
     except (NotImplementedError, RuntimeError):
