@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,17 @@ def cli_env(ray_tmp: str, **extra: str) -> dict[str, str]:
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", **extra}
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def loopback_urlopen(request: str | urllib.request.Request, timeout: float = 30):
+    """``urlopen`` for a server on 127.0.0.1, never through a proxy.
+
+    ``urllib.request.urlopen`` builds its opener once per process, with the proxies of the
+    environment at that moment: after a test that points them at a closed port (the no-network
+    tests), every later plain ``urlopen`` in the process would go there.
+    """
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return opener.open(request, timeout=timeout)
 
 
 def kd_ray_cmd(*args: str) -> list[str]:
@@ -168,7 +180,14 @@ def assert_same_results(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> No
     """Two result tables are equal on every column but timings (floats to 1e-9, NaN == NaN)."""
     a = a.sort_values(keys).reset_index(drop=True)
     b = b.sort_values(keys).reset_index(drop=True)
-    assert list(a[keys].itertuples(index=False)) == list(b[keys].itertuples(index=False))
+    ka, kb = list(a[keys].itertuples(index=False)), list(b[keys].itertuples(index=False))
+    if ka != kb:
+        only_a, only_b = sorted(set(ka) - set(kb)), sorted(set(kb) - set(ka))
+        dup = sorted({k for k in ka if ka.count(k) > 1})
+        raise AssertionError(
+            f"keys {keys} differ: {len(ka)} vs {len(kb)} rows; only in the first {only_a[:8]}, "
+            f"only in the second {only_b[:8]}, repeated in the first {dup[:8]}"
+        )
     for column in a.columns:
         if column in TIMING_COLUMNS:
             continue

@@ -25,6 +25,7 @@ from _sweep_helpers import (
     PYTHON,
     assert_no_processes_under,
     kill_processes_under,
+    loopback_urlopen,
     processes_under,
     ray_tmpdir,
     write_config,
@@ -120,7 +121,7 @@ def test_sweep_via_ray_job_submit(tmp_path, cluster):
     assert _listen_hosts(dash_port) <= {"127.0.0.1", "::ffff:127.0.0.1"}
     assert _listen_hosts(gcs_port) <= {"127.0.0.1", "::ffff:127.0.0.1"}
     with pytest.raises(urllib.error.HTTPError) as denied:
-        urllib.request.urlopen(f"{address}/api/jobs/", timeout=30)
+        loopback_urlopen(f"{address}/api/jobs/", timeout=30)
     assert denied.value.code == 401
 
     config = write_config(tmp_path, {"grid": {"permutations": ["T1w_Sw"]}})

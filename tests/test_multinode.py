@@ -40,6 +40,7 @@ from _sweep_helpers import (
     assert_same_results,
     copy_teachers,
     kill_processes_under,
+    loopback_urlopen,
     processes_under,
     ray_tmpdir,
     table,
@@ -195,7 +196,7 @@ def _job_status(address: str, token: str, job_id: str) -> str:
         f"{address}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
+        with loopback_urlopen(request, timeout=30) as reply:
             return json.loads(reply.read())["status"]
     except OSError:  # a busy dashboard: ask again next time
         return "UNKNOWN"

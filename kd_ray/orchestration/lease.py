@@ -23,9 +23,10 @@ The holder deletes its lease on release (normal end, error, Ctrl-C); a kill leav
 Taking a lease:
 
 - on a local filesystem (a path, ``file://``) atomically: ``os.open(O_CREAT | O_EXCL)``, so of
-  two drivers exactly one creates the file. An expired lease is first renamed away (atomic: one
-  taker gets it) and checked to be the very lease judged expired; a fresh one renamed by
-  mistake is put back. What remains: a holder stalled past expiry (its heartbeat thread did not
+  two drivers exactly one creates the file. Of the drivers that judge a lease expired, only the
+  one that creates its takeover marker (``<lease>.<tag>.takeover``, O_EXCL, kept until the new
+  holder releases) may rename it away, after checking it is still the very lease judged
+  expired; a lease its holder rewrote meanwhile is put back. What remains: a holder stalled past expiry (its heartbeat thread did not
   run for ``expire_s()``) that writes its heartbeat in the instant another driver takes over can
   overwrite the new lease; the new holder's next heartbeat then reports the lease lost.
 - on an object store (``s3://``...) best-effort, as pyarrow has no create-if-absent: check that
@@ -42,6 +43,7 @@ release; the driver itself is not stopped.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -254,11 +256,30 @@ def _create_local(path: str, data: bytes) -> bool:
 
 
 def _remove_expired_local(storage: Storage, name: str, seen: Holder) -> bool:
-    """Remove the expired lease ``seen``; False if the lease there is no longer that one."""
+    """Remove the expired lease ``seen``; False if another taker has it or it changed.
+
+    Of several drivers that judged ``seen`` expired, only the one that creates the takeover
+    marker for ``seen`` (O_EXCL, named by its owner and heartbeat) may move it; the others
+    return False and find the winner's fresh lease on their next look. The winner checks that
+    the file is still ``seen`` after moving it aside, and puts back a lease its stalled holder
+    rewrote meanwhile.
+    """
     path = storage.path(name)
+    tag = uuid.uuid5(uuid.NAMESPACE_OID, f"{seen.owner}@{seen.heartbeat_at!r}").hex[:16]
+    marker = f"{path}.{tag}.takeover"
+    with contextlib.suppress(OSError):  # a taker killed mid-takeover leaves its marker behind
+        if time.time() - os.stat(marker).st_mtime > expire_s():
+            os.remove(marker)
+    if not _create_local(marker, b""):
+        return False
+    # The marker stays until the new holder releases (a taker that comes late then reads the
+    # new lease here, not ``seen``, and gives up).
+    now = read_lease(storage, name)
+    if now is None or (now.owner, now.heartbeat_at) != (seen.owner, seen.heartbeat_at):
+        return False
     aside = f"{path}.{uuid.uuid4().hex}.expired"
     try:
-        os.rename(path, aside)  # atomic: of several takers, one moves it
+        os.rename(path, aside)
     except FileNotFoundError:
         return False
     try:
@@ -269,14 +290,22 @@ def _remove_expired_local(storage: Storage, name: str, seen: Holder) -> bool:
         except (ValueError, KeyError, TypeError):
             moved = None
         if moved is not None and (moved.owner, moved.heartbeat_at) != (seen.owner, seen.heartbeat_at):
-            # A live lease, written between our read and our rename: put it back (unless a
-            # third driver has created one meanwhile; that holder's heartbeat tells the other).
+            # Its stalled holder rewrote it between our read and our rename: put it back.
             _create_local(path, data)
             return False
         return True
     finally:
         with contextlib.suppress(OSError):
             os.remove(aside)
+
+
+def _remove_takeover_markers(storage: Storage, name: str) -> None:
+    """Delete the takeover markers of lease ``name`` (local stores; see _remove_expired_local)."""
+    if not storage.is_local:
+        return
+    for marker in glob.glob(f"{glob.escape(storage.path(name))}.*.takeover"):
+        with contextlib.suppress(OSError):
+            os.remove(marker)
 
 
 def _create(storage: Storage, name: str, holder: Holder, atomic: bool) -> bool:
@@ -360,6 +389,7 @@ class Lease:
         try:
             current = read_lease(self.storage, self.name)
             if current is not None and current.owner == self.holder.owner:
+                _remove_takeover_markers(self.storage, self.name)
                 _delete(self.storage, self.name)
         except StorageError as err:  # it expires on its own
             log.warning(
