@@ -1,4 +1,4 @@
-"""The ``kd-ray`` command line (README.md#command-line).
+"""The ``kd-ray`` command line (README.md#command-line): ``sweep``, ``status``, ``report``.
 
 User errors (config, data, checkpoints, results directory, cluster) print one line and exit 2,
 with no traceback; a sweep in which some trials failed exits 1 after writing everything that
@@ -50,10 +50,10 @@ def _print_cohorts(cfg, plan, *, gpus: int | None, cpus: float | None) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from kd_ray.config import load_config
+    from kd_ray.overrides import load_config_with_overrides
     from kd_ray.plan import plan_sweep
 
-    cfg = load_config(args.config)
+    cfg = load_config_with_overrides(args.config, args.overrides)
     plan = plan_sweep(cfg)
     if args.dry_run:
         _print_plan(cfg, plan)
@@ -95,6 +95,13 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from kd_ray.status import format_status, sweep_status
+
+    print(format_status(sweep_status(args.results_dir)))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from kd_ray.report import write_report
 
@@ -118,10 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size.add_argument("--cpus", type=float, help="with --dry-run: also print what the plan costs on N CPUs")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set student.train.lr=0.05 --set 'grid.seeds=[0,1,2]' "
+        "(repeatable; VALUE is YAML; validated like the file and saved in config.yaml)",
+    )
     sweep.add_argument("--results", help="results directory or URI (default: the config's `results`)")
     sweep.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
-    sweep.add_argument("-q", "--quiet", action="store_true", help="hide Ray Tune's progress table")
+    sweep.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="one progress line (runs done, ETA) instead of the progress table and per-trial lines",
+    )
     sweep.set_defaults(func=_sweep)
+    status = sub.add_parser(
+        "status", help="where a sweep stands: each trial's status, epoch, val accuracy; failures; ETA"
+    )
+    status.add_argument("results_dir", help="a sweep's results directory or URI, RESULTS/NAME")
+    status.set_defaults(func=_status)
     report = sub.add_parser("report", help="write the interactive HTML report of a sweep")
     report.add_argument("results_dir", help="a sweep's results directory, RESULTS/NAME")
     report.add_argument("-o", "--output", help="output HTML file (default: RESULTS/NAME/report.html)")
@@ -134,6 +160,8 @@ def _resume_command(args: argparse.Namespace) -> str:
     from kd_ray.storage import redact
 
     words = ["kd-ray", "sweep", args.config]
+    for override in args.overrides:  # the same effective config, or --resume refuses it
+        words += ["--set", redact(override)]
     if args.results:
         words += ["--results", redact(args.results)]
     return " ".join(shlex.quote(w) for w in words) + " --resume"
@@ -155,7 +183,9 @@ def _stop_ray() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="kd-ray: %(message)s")
-    logging.getLogger("kd_ray").setLevel(logging.INFO)
+    # -q: the progress line says what the per-trial info lines would (warnings still show).
+    quiet = getattr(args, "quiet", False)
+    logging.getLogger("kd_ray").setLevel(logging.WARNING if quiet else logging.INFO)
     try:
         return args.func(args)
     except KdRayError as err:
