@@ -190,8 +190,9 @@ def _wait_for_resources(cfg: SweepConfig, joined: bool) -> None:
                 request_resources(bundles=[])
 
 
-# torch.distributed on loopback where the cluster is on loopback (see kd_ray.orchestration.loopback)
-_WORKER_SETUP_HOOK = "kd_ray.orchestration.loopback.setup_worker"
+# torch.distributed on loopback where the cluster is on loopback (see kd_ray.orchestration.loopback),
+# and Ray Train's State API noise dropped (see kd_ray.orchestration.worker_setup)
+_WORKER_SETUP_HOOK = "kd_ray.orchestration.worker_setup.setup_worker"
 
 
 def _keep_credentials_out_of_runtime_envs() -> None:
@@ -309,22 +310,36 @@ def _tune(
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
+    from kd_ray.orchestration.progress import TrialNamer, progress_callback, trial_dirname
+
     workers = cfg.resources.teacher_workers if stage == "teacher" else cfg.resources.num_workers
+    epochs = (cfg.teacher if stage == "teacher" else cfg.student).train.epochs
     # Ctrl-C must stop the sweep. Tune's own SIGINT handler only ends this stage's loop (fit()
     # returns, the next stage starts) and points at Tuner.restore, which is not how a kd_ray
     # sweep resumes; without it, KeyboardInterrupt reaches the CLI (exit 130, --resume hint).
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Progress is kd_ray's (kd_ray.orchestration.progress): Tune runs silent, on its legacy output
+    # engine, since the new one prints its experiment box even at verbose=0.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     fn = tune.with_resources(trainable, {"cpu": _TRIAL_FN_CPU})
     tuner = tune.Tuner(
         fn,
         param_space={**base, stage: tune.grid_search(items)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=_max_concurrent(cfg, workers)),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=_max_concurrent(cfg, workers),
+            trial_name_creator=TrialNamer(stage, items),
+            trial_dirname_creator=trial_dirname,
+        ),
         run_config=tune.RunConfig(
             name=_experiment_name(sweep, stage + "s"),
             storage_path=sweep.child("_ray").uri,
             failure_config=tune.FailureConfig(max_failures=cfg.failure.trial_max_failures),
-            callbacks=[*callbacks, JsonLoggerCallback()],
-            verbose=verbose,
+            callbacks=[
+                *callbacks,
+                JsonLoggerCallback(),
+                progress_callback(stage, items, epochs, quiet=verbose == 0),
+            ],
+            verbose=0,
         ),
     )
     try:
