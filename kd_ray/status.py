@@ -118,6 +118,7 @@ def _last_epochs(epochs: pd.DataFrame) -> dict[str, tuple[int, float | None]]:
 
 def _eta(
     cfg: SweepConfig,
+    planned_trials: tuple[StudentTrial, ...],
     unfinished: list[StudentTrial],
     last: dict[str, tuple[int, float | None]],
     epochs: pd.DataFrame,
@@ -128,7 +129,7 @@ def _eta(
     val = epochs[(epochs["split"] == "val") & epochs["seconds"].notna()]
     if not unfinished or val.empty:
         return None
-    stream = {t.trial_id: stream_key(t) for t in unfinished}
+    stream = {t.trial_id: stream_key(t) for t in planned_trials}
     # The students of one run share its epoch's seconds: count each run-epoch once.
     run_epochs = val.assign(stream=val["trial_id"].map(lambda tid: stream.get(tid, tid)))
     per_run_epoch = float(run_epochs.drop_duplicates(["stream", "epoch"])["seconds"].mean())
@@ -188,7 +189,7 @@ def sweep_status(location: str) -> SweepStatus:
         teachers_stored=teachers_stored,
         teachers_planned=len(plan.teachers),
         driver=driver,
-        eta=_eta(cfg, unfinished, last, epochs, live),
+        eta=_eta(cfg, plan.trials, unfinished, last, epochs, live),
     )
 
 
