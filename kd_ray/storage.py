@@ -2,7 +2,8 @@
 
 A sweep's results directory may be a plain path, ``file:///...``, or an object store
 (``s3://bucket/prefix?endpoint_override=...``), so a cluster's workers and driver share one
-place. Writes are atomic: on a local filesystem a file is written under a temporary name and
+place; the analysis (``load_results``) and ``kd-ray report`` read through it from the same
+places. Writes are atomic: on a local filesystem a file is written under a temporary name and
 renamed; object stores publish an object only when its upload completes.
 
 Credentials never travel inside a URI. ``s3://KEY:SECRET@bucket/prefix`` works, but
@@ -113,6 +114,20 @@ class Storage:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def name(self) -> str:
+        """The root's last component: a sweep's directory is named after the sweep."""
+        return posixpath.basename(self.root)
+
+    def parent(self) -> Storage:
+        """Storage rooted at the directory above: where a file named by a location goes
+        (``Storage.open("s3://b/p/report.html")``: ``.parent()`` writes ``.name`` there)."""
+        root = posixpath.dirname(self.root)
+        if _is_uri(self.uri):
+            base, sep, query = self.uri.partition("?")
+            return Storage(self.fs, root, posixpath.dirname(base) + (sep + query if sep else ""))
+        return Storage(self.fs, root, root)
+
     def child(self, *names: str) -> Storage:
         """Storage rooted at a subdirectory."""
         root = posixpath.join(self.root, *names)
@@ -129,6 +144,13 @@ class Storage:
     def exists(self, name: str = "") -> bool:
         try:
             return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
+        except OSError as err:
+            raise StorageError(f"results: cannot look up {self.path(name)!r}: {_fs_error(err)}") from None
+
+    def is_dir(self, name: str = "") -> bool:
+        """Whether ``name`` is a directory (on an object store: a prefix with objects under it)."""
+        try:
+            return self.fs.get_file_info(self.path(name)).type == pafs.FileType.Directory
         except OSError as err:
             raise StorageError(f"results: cannot look up {self.path(name)!r}: {_fs_error(err)}") from None
 
