@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,28 +220,38 @@ def build_report_html(results: A.Results, config_text: str | None = None) -> str
     )
 
 
-def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path | str:
     """Write the HTML report of a sweep's results directory.
 
+    Both ends go through :class:`kd_ray.storage.Storage`, so a sweep on S3 is reported without
+    copying it first, and its report can stay beside it.
+
     Args:
-        results_dir: ``RESULTS/N``, the directory a sweep wrote.
-        out: the HTML file to write; defaults to ``RESULTS/N/report.html``.
+        results_dir: ``RESULTS/N``, the directory a sweep wrote: a local path or a pyarrow
+            filesystem URI (``file://``, ``s3://``, ``gs://``).
+        out: the HTML file to write, a local path or URI; defaults to ``RESULTS/N/report.html``,
+            wherever ``RESULTS`` is.
 
     Returns:
-        The path written.
+        The path written, or its URI (without credentials) when it is not on this machine.
 
     Raises:
         ResultsError: the results directory is missing or invalid, or ``out`` cannot be written.
     """
-    root = Path(results_dir)
-    results = A.load_results(root)
-    config = root / "config.yaml"
-    page = build_report_html(results, config.read_text() if config.is_file() else None)
-    target = Path(out) if out is not None else root / "report.html"
-    if not target.parent.is_dir():
-        raise ResultsError(f"cannot write {target}: directory {target.parent} does not exist")
-    # Storage writes atomically (temporary file + rename) with the user's umask, so the report
-    # is readable like any other output file.
-    Storage.open(target.parent).write_bytes(target.name, page.encode("utf-8"))
-    logger.debug("wrote %s", target)
-    return target
+    sweep = Storage.open(results_dir)
+    results = A.load_results(sweep)
+    config = (
+        sweep.read_bytes("config.yaml").decode("utf-8", "replace") if sweep.exists("config.yaml") else None
+    )
+    page = build_report_html(results, config)
+    if out is None:
+        target = sweep.child("report.html")
+    else:
+        target = Storage.open(out)
+        if target.is_local and not os.path.isdir(target.parent().root):
+            raise ResultsError(f"cannot write {target.root}: directory {target.parent().root} does not exist")
+    # Storage writes atomically (locally a temporary file + rename, with the user's umask, so
+    # the report is readable like any other output file; an object store publishes it whole).
+    target.parent().write_bytes(target.name, page.encode("utf-8"))
+    logger.debug("wrote %s", target.uri)
+    return Path(target.root) if target.is_local else target.uri

@@ -12,13 +12,12 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from _s3_helpers import KEY, SECRET, moto_server, s3_filesystem
 from _sweep_helpers import (
-    PYTHON,
     cli_env,
     kd_ray_cmd,
     kill_processes_under,
@@ -29,49 +28,16 @@ from _sweep_helpers import (
 
 pytestmark = pytest.mark.slow
 
-KEY = "AKIDKDRAYTEST0001"
-SECRET = "kdRaySecret/+x9Zq7Wv"  # '/' and '+' must be URL-quoted in a URI
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
-def s3_endpoint(tmp_path):
+def s3_endpoint():
     pytest.importorskip("moto")
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(PYTHON).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.kill()
-        server.wait(timeout=30)
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def _s3(endpoint: str):
-    import pyarrow.fs as pafs
-
-    return pafs.S3FileSystem(
-        access_key=KEY,
-        secret_key=SECRET,
-        endpoint_override=endpoint,
-        scheme="http",
-        allow_bucket_creation=True,
-    )
+    return s3_filesystem(endpoint, KEY, SECRET)
 
 
 def test_results_uri_credentials_are_never_written_or_printed(tmp_path, s3_endpoint):

@@ -2,7 +2,9 @@
 
 Every function below takes DataFrames (from :func:`load_results`, or filtered by hand) and
 returns a plotly Figure or a DataFrame without touching the disk; :mod:`kd_ray.report` writes
-them to HTML. A figure or table whose data the sweep lacks raises :class:`NoData` saying why.
+them to HTML. :func:`load_results` reads a sweep from a local path or any URI the sweep can write
+to (``s3://...``), or several sweeps at once with a ``sweep`` column; the functions below take
+one sweep's rows. A figure or table whose data the sweep lacks raises :class:`NoData` saying why.
 
 =============================  ==========================================================
 paper item                      function
