@@ -21,9 +21,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -32,6 +34,7 @@ from kd_ray.errors import ConfigError
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+Alpha = Annotated[float, Field(ge=0, le=1)]
 # Seeds are stored in int64 Parquet columns; numpy's legacy seeding (scikit-learn's
 # ``random_state``, used to split some datasets) takes only 32-bit seeds.
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
@@ -146,29 +149,61 @@ class StudentConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    temperature: PositiveFloat = 10.0
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.2
+    temperature: PositiveFloat = Field(10.0, description="KD temperature τ (grid.temperatures sweeps it)")
+    alpha: Alpha = Field(0.2, description="weight α of the hard-label term (grid.alphas sweeps it)")
+
+
+# The KD hyper-parameters a grid may sweep: grid field -> (the scalar setting it replaces, the
+# trial's attribute and trials column). Absent from a config, an axis is that single value and
+# stays out of trial ids and dumped configs, so every existing sweep keeps its ids and resumes.
+KD_AXES: dict[str, tuple[str, str]] = {
+    "temperatures": ("distill.temperature", "temperature"),
+    "alphas": ("distill.alpha", "alpha"),
+    "student_lrs": ("student.train.lr", "lr"),
+}
 
 
 class GridConfig(_Strict):
-    """The axes of the student grid (datasets are listed at the top level)."""
+    """The axes of the student grid (datasets are listed at the top level).
+
+    ``temperatures``, ``alphas`` and ``student_lrs`` sweep KD's own hyper-parameters: a list
+    here replaces the single value of ``distill.temperature``, ``distill.alpha`` or
+    ``student.train.lr``, and each value becomes part of the trial id. Teachers do not depend on
+    them, so every value of an axis distils from the same teachers.
+    """
 
     teacher_counts: tuple[Annotated[int, Field(ge=1, le=3)], ...] = (1, 2, 3)
     losses: tuple[str, ...] = ("kd", "zscore_kd")
     views: tuple[str, ...] = ("full",)
     seeds: tuple[Seed, ...] = Field((0,), description="0 <= seed < 2^63")
     permutations: tuple[str, ...] | None = Field(None, description="e.g. ['T1s_T2w_Ss']; default: all")
+    temperatures: tuple[PositiveFloat, ...] | None = Field(
+        None, description="KD temperatures τ to sweep; default: distill.temperature alone"
+    )
+    alphas: tuple[Alpha, ...] | None = Field(
+        None, description="hard-label weights α to sweep, each in [0, 1]; default: distill.alpha alone"
+    )
+    student_lrs: tuple[PositiveFloat, ...] | None = Field(
+        None, description="student base learning rates to sweep; default: student.train.lr alone"
+    )
 
-    @field_validator("teacher_counts", "losses", "views", "seeds", "permutations")
+    @field_validator("teacher_counts", "losses", "views", "seeds", "permutations", *KD_AXES)
     @classmethod
     def _non_empty_unique(cls, v: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
-        if v is None:  # permutations: all of them
+        if v is None:  # permutations: all of them; a KD axis: its single config value
             return v
         if not v:
             raise ValueError("must list at least one value")
         if len(set(v)) != len(v):
             raise ValueError(f"has repeated values {list(v)}")
         return v
+
+    @model_serializer(mode="wrap")
+    def _omit_unswept_axes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An axis left unset is dumped as nothing, not as null: the saved config.yaml of an
+        # existing sweep must compare equal on --resume, and it has no such keys.
+        data = handler(self)
+        return {k: v for k, v in data.items() if not (k in KD_AXES and v is None)}
 
 
 class MetricsConfig(_Strict):

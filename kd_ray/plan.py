@@ -3,7 +3,8 @@
 Pure Python, no Ray and no training: ``kd-ray sweep --dry-run`` prints this plan, and the
 orchestrator runs it. Names follow docs/experiments.md#trial-names: a permutation is
 ``T1s_T2w_Ss`` (teacher slots in order, then the student); loss, view and seed are separate
-fields.
+fields, and so are KD's own hyper-parameters (τ, α, the student's lr), which enter a trial's id
+only when the grid sweeps them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kd_ray.config import DatasetConfig, SweepConfig
+from kd_ray.config import KD_AXES, DatasetConfig, SweepConfig
 from kd_ray.errors import ConfigError
 
 AUGS: tuple[str, ...] = ("w", "s")
@@ -45,7 +46,12 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class StudentTrial:
-    """One student distillation run of the grid."""
+    """One student distillation run of the grid.
+
+    ``temperature``, ``alpha`` and ``lr`` are the values this trial distils with: the grid's
+    value where it sweeps that axis, else the config's single setting. A trial carries them
+    itself because the students of one run (a stream group) may differ in them.
+    """
 
     trial_id: str
     dataset: str
@@ -56,6 +62,9 @@ class StudentTrial:
     view: str
     seed: int
     teacher_ids: tuple[str, ...]
+    temperature: float
+    alpha: float
+    lr: float  # the student's base learning rate (before the schedule)
 
     @property
     def n_teachers(self) -> int:
@@ -70,8 +79,9 @@ class StudentTrial:
 def stream_key(trial: StudentTrial) -> tuple[str, str, int]:
     """What decides a student trial's data stream and initial weights
     (docs/experiments.md#paired-randomness): dataset, student augmentation and seed. Not the
-    teachers, the loss or the view: the view decides what the teachers see, so a full-view and a
-    split-view trial share their stream."""
+    teachers, the loss, the view or the KD hyper-parameters: the view decides what the teachers
+    see, so a full-view and a split-view trial share their stream, and trials that differ only in
+    τ, α or lr start from the same weights on the same batches (paired)."""
     return (trial.dataset, trial.student_aug, trial.seed)
 
 
@@ -127,6 +137,50 @@ def permutations(k: int) -> list[tuple[str, str]]:
     return [("".join(t), s) for t in itertools.product(AUGS, repeat=k) for s in AUGS]
 
 
+def axis_text(value: float) -> str:
+    """A KD hyper-parameter as it appears in a trial id: ``4.0`` -> ``4``, ``0.05`` -> ``0.05``.
+
+    Exact: two different floats never give the same text (``%g`` where it round-trips, else the
+    shortest repr), and no ``+`` (``1e+20`` -> ``1e20``), so the id stays a safe file name.
+    """
+    short = f"{value:g}"
+    text = short if float(short) == value else repr(float(value))
+    return text.replace("+", "")
+
+
+# How each swept axis is written in a trial id, by trials column: ``-tau4-alpha0.5-lr0.05``.
+_ID_PREFIX: dict[str, str] = {"temperature": "tau", "alpha": "alpha", "lr": "lr"}
+
+
+def kd_axis_values(cfg: SweepConfig) -> dict[str, tuple[float, ...]]:
+    """The values of each KD hyper-parameter, by trials column (``temperature``, ``alpha``, ``lr``).
+
+    A grid list where the config gives one, else the single config value.
+    """
+    single = {
+        "temperature": cfg.distill.temperature,
+        "alpha": cfg.distill.alpha,
+        "lr": cfg.student.train.lr,
+    }
+    out = {}
+    for field, (_, column) in KD_AXES.items():
+        listed = getattr(cfg.grid, field)
+        out[column] = tuple(listed) if listed is not None else (single[column],)
+    return out
+
+
+def swept_kd_axes(cfg: SweepConfig) -> tuple[str, ...]:
+    """The trials columns of the KD axes the grid lists (these, and only these, name trial ids).
+
+    Listed even with one value: a config that names an axis in its grid asks for it in the ids.
+    """
+    return tuple(column for field, (_, column) in KD_AXES.items() if getattr(cfg.grid, field) is not None)
+
+
+def _id_suffix(values: dict[str, float], swept: tuple[str, ...]) -> str:
+    return "".join(f"-{_ID_PREFIX[c]}{axis_text(values[c])}" for c in swept)
+
+
 def _digest(payload: dict) -> str:
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -174,7 +228,11 @@ def _check_names(cfg: SweepConfig) -> None:
 
 
 def plan_sweep(cfg: SweepConfig, *, check_names: bool = True) -> SweepPlan:
-    """Enumerate the sweep: datasets × seeds × k × permutations × losses × views.
+    """Enumerate the sweep: datasets × seeds × k × permutations × losses × views × τ × α × lr.
+
+    Trial ids are ``{dataset}-{perm}-{loss}-{view}-s{seed}``; each KD axis the grid lists adds
+    its value before the seed (``...-full-tau4-s0``), so configs that sweep none keep the ids
+    they always had.
 
     Raises:
         ConfigError: an unknown registry name or a malformed/unreachable permutation filter.
@@ -191,6 +249,9 @@ def plan_sweep(cfg: SweepConfig, *, check_names: bool = True) -> SweepPlan:
                     f"grid.permutations: {perm!r} has {len(teacher_augs)} teachers, "
                     f"but grid.teacher_counts is {list(cfg.grid.teacher_counts)}"
                 )
+    axes = kd_axis_values(cfg)
+    swept = swept_kd_axes(cfg)
+    kd_points = [dict(zip(axes, point, strict=True)) for point in itertools.product(*axes.values())]
     teachers: dict[str, TeacherSpec] = {}
     trials: list[StudentTrial] = []
     for dataset in cfg.datasets:
@@ -203,21 +264,21 @@ def plan_sweep(cfg: SweepConfig, *, check_names: bool = True) -> SweepPlan:
                     specs = [teacher_spec(cfg, dataset, i, a, seed) for i, a in enumerate(teacher_augs, 1)]
                     for spec in specs:
                         teachers.setdefault(spec.teacher_id, spec)
-                    for loss in cfg.grid.losses:
-                        for view in cfg.grid.views:
-                            trials.append(
-                                StudentTrial(
-                                    trial_id=f"{dataset.key}-{perm}-{loss}-{view}-s{seed}",
-                                    dataset=dataset.key,
-                                    perm=perm,
-                                    teacher_augs=teacher_augs,
-                                    student_aug=student_aug,
-                                    loss=loss,
-                                    view=view,
-                                    seed=seed,
-                                    teacher_ids=tuple(s.teacher_id for s in specs),
-                                )
+                    for loss, view, point in itertools.product(cfg.grid.losses, cfg.grid.views, kd_points):
+                        trials.append(
+                            StudentTrial(
+                                trial_id=f"{dataset.key}-{perm}-{loss}-{view}{_id_suffix(point, swept)}-s{seed}",
+                                dataset=dataset.key,
+                                perm=perm,
+                                teacher_augs=teacher_augs,
+                                student_aug=student_aug,
+                                loss=loss,
+                                view=view,
+                                seed=seed,
+                                teacher_ids=tuple(s.teacher_id for s in specs),
+                                **point,
                             )
+                        )
     ordered = sorted(teachers.values(), key=lambda t: (t.dataset, t.seed, t.slot, AUGS.index(t.aug)))
     return SweepPlan(tuple(ordered), tuple(trials))
 
@@ -298,19 +359,30 @@ def pretrained_identity(arch: str, pretrained: bool | str) -> bool | str:
     return f"{type(member).__name__}.{member.name}:{member.url}"
 
 
+# The trial's KD hyper-parameters are fingerprinted where the config holds them (below), not
+# as trial fields, so the fingerprints of sweeps that do not sweep them stay what they were.
+_KD_TRIAL_FIELDS = frozenset({"temperature", "alpha", "lr"})
+
+
 def trial_fingerprint_content(cfg: SweepConfig, trial: StudentTrial) -> dict[str, object]:
     """Everything that changes a student trial's numbers, by config section.
 
     The trial (perm, loss, view, seed and its teachers, whose ids hash the teachers' content),
     the dataset's content, the student section, distillation, metrics and the numerics of its
-    run. A training checkpoint carries this, so one made under other settings is never resumed.
+    run. The trial's own τ, α and lr stand in the distillation and student sections in place of
+    the config's single values, which they replace: with no KD axis swept the content is exactly
+    what it was before trials carried them, so existing checkpoints still resume. A training
+    checkpoint carries this, so one made under other settings is never resumed.
     """
     dataset = next(d for d in cfg.datasets if d.key == trial.dataset)
+    own = {k: v for k, v in trial.__dict__.items() if k not in _KD_TRIAL_FIELDS}
+    student = cfg.student.model_copy(update={"train": cfg.student.train.model_copy(update={"lr": trial.lr})})
+    distill = cfg.distill.model_copy(update={"temperature": trial.temperature, "alpha": trial.alpha})
     return {
-        "trial": {**trial.__dict__, "teacher_ids": list(trial.teacher_ids)},
+        "trial": {**own, "teacher_ids": list(trial.teacher_ids)},
         "dataset": dataset.model_dump(mode="json", exclude=DATA_LOCATION_FIELDS | {"label"}),
-        "student": cfg.student.model_dump(mode="json"),
-        "distill": cfg.distill.model_dump(mode="json"),
+        "student": student.model_dump(mode="json"),
+        "distill": distill.model_dump(mode="json"),
         "metrics": cfg.metrics.model_dump(mode="json"),
         "numerics": numerics(cfg, "student"),
     }

@@ -10,7 +10,20 @@ from kd_ray.plan import StudentTrial
 from kd_ray.results.rows import epoch_rows, trial_row
 from kd_ray.results.schema import EPOCHS, TRIALS
 
-TRIAL = StudentTrial("d-T1w_T2s_Sw-kd-split-s0", "d", "T1w_T2s_Sw", "ws", "w", "kd", "split", 0, ("a", "b"))
+TRIAL = StudentTrial(
+    "d-T1w_T2s_Sw-kd-split-tau4-s0",
+    "d",
+    "T1w_T2s_Sw",
+    "ws",
+    "w",
+    "kd",
+    "split",
+    0,
+    ("a", "b"),
+    4.0,
+    0.2,
+    0.05,
+)
 
 
 def _report() -> dict[str, float]:
@@ -42,6 +55,9 @@ def test_trial_row_fills_the_schema_and_new_columns_come_from_train() -> None:
         assert row[f"{split}_acc_ensemble"] == report[report_key(split, "acc_ensemble")]
         assert row[f"{split}_mi_mm"] == report[report_key(split, "mi_mm")]
     assert row["gap"] == pytest.approx(row["train_acc"] - row["val_acc"])
+    # The trial's KD hyper-parameters, not the report's per-epoch lr (that is in epochs.parquet).
+    assert (row["temperature"], row["alpha"], row["lr"]) == (4.0, 0.2, 0.05)
+    assert report["lr"] != row["lr"]
 
 
 def test_epoch_rows_carry_every_split_metric() -> None:

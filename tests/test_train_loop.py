@@ -99,6 +99,36 @@ def test_a_trial_in_a_mixed_view_group_equals_the_trial_alone(setup) -> None:
             )
 
 
+KD_AXES = {
+    **CFG,
+    "grid": {
+        **CFG["grid"],
+        "losses": ["kd"],
+        "permutations": ["T1w_T2s_Sw"],
+        "temperatures": [4, 10],
+        "student_lrs": [0.05, 0.2],
+    },
+}
+
+
+def test_students_of_other_temperature_and_lr_in_one_group_each_equal_the_trial_alone(setup) -> None:
+    """τ and lr are the students' own: in a group of τ = 4 and τ = 10 students at two lrs, a
+    τ = 4 and a τ = 10 student each train exactly as they would alone, and every value changes
+    what a student computes."""
+    _, _, datasets, teachers = setup
+    cfg = parse_config(KD_AXES)
+    trials = list(plan_sweep(cfg).trials)
+    assert [(t.temperature, t.lr) for t in trials] == [(4, 0.05), (4, 0.2), (10, 0.05), (10, 0.2)]
+    together = DistillationRun(cfg, trials, datasets, teachers, CPU).run_epoch(1)
+    for trial in (trials[0], trials[3]):
+        alone = DistillationRun(cfg, [trial], datasets, teachers, CPU).run_epoch(1)
+        own = alone.reports[trial.trial_id]
+        assert _metrics(own) == _metrics(together.reports[trial.trial_id]), trial.trial_id
+        assert own["lr"] == trial.lr  # the trial's lr, not student.train.lr
+    losses = {t.trial_id: together.reports[t.trial_id]["train/loss"] for t in trials}
+    assert len(set(losses.values())) == len(trials), losses
+
+
 def _teacher_forwards_per_batch(cfg, trials, datasets) -> float:
     """Teacher forward passes per batch of a group's epoch, counted by forward hooks."""
     teachers = {
@@ -171,9 +201,12 @@ def test_a_diverging_student_stops_and_the_others_go_on(setup) -> None:
     hot = parse_config(
         {**CFG, "student": {"arch": "cnn_tiny", "train": {"epochs": 1, "batch_size": 16, "lr": 1e12}}}
     )
-    run = DistillationRun(hot, [plan.trials[0]], datasets, teachers, CPU)
+    with pytest.raises(ValueError, match="has lr 0.05, but the config gives"):
+        DistillationRun(hot, [plan.trials[0]], datasets, teachers, CPU)  # a trial trains at its own lr
+    trial = plan_sweep(hot).trials[0]
+    run = DistillationRun(hot, [trial], datasets, teachers, CPU)
     result = run.run_epoch(1)
-    assert "diverged at epoch 1" in result.diverged[plan.trials[0].trial_id]
+    assert "diverged at epoch 1" in result.diverged[trial.trial_id]
     assert not run.active and not result.reports
 
 

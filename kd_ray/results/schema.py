@@ -30,6 +30,12 @@ TRIAL_KEY_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("loss", pa.string()),
     ("view", pa.string()),
     ("seed", pa.int64()),
+    # KD's own hyper-parameters (docs/experiments.md#kd-hyper-parameters): always filled, also
+    # where the grid does not sweep them. Files written before these columns existed read them as
+    # null (a directory dataset is read with this schema).
+    ("temperature", pa.float64()),
+    ("alpha", pa.float64()),
+    ("lr", pa.float64()),
     ("teacher_arch", pa.string()),
     ("student_arch", pa.string()),
     ("teacher_ids", pa.string()),

@@ -9,7 +9,8 @@ it. Each student is exactly the model its trial would be if run alone: the same 
 
 Per batch the teachers (eval mode, no grad) see the students' augmented batch through each
 trial's view — in the ``split`` view only their own strip — and each student is trained on its
-loss (docs/experiments.md#distillation-loss). Attention maps come from hooks on these same
+loss (docs/experiments.md#distillation-loss) with its own temperature, α and learning rate: a
+group may hold trials that differ only in these, since they do not change the stream. Attention maps come from hooks on these same
 forward passes, and every metric of docs/metrics.md streams into one accumulator per student and
 split, reduced across DDP workers before it is reported.
 """
@@ -17,6 +18,7 @@ split, reduced across DDP workers before it is reported.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +35,7 @@ from kd_ray.losses import LOSSES
 from kd_ray.metrics import SplitMetrics
 from kd_ray.metrics.names import report_key
 from kd_ray.models import capture_attention, create_model
-from kd_ray.plan import StudentTrial, stream_key
+from kd_ray.plan import StudentTrial, kd_axis_values, stream_key
 from kd_ray.seeding import stream_seed
 from kd_ray.train.checkpoint import unwrap
 from kd_ray.train.optim import build_optimizer, build_scheduler
@@ -55,7 +57,8 @@ def teacher_key(teacher_id: str, view: str, slot: int, k: int) -> TeacherKey:
 
 @dataclass
 class _Student:
-    """One student trial's model, optimiser, loss, and the keys of its teachers' outputs."""
+    """One student trial's model, optimiser, loss (with the trial's τ and α bound), and the keys
+    of its teachers' outputs."""
 
     trial: StudentTrial
     model: nn.Module
@@ -65,6 +68,20 @@ class _Student:
     teacher_keys: list[TeacherKey]  # in slot order
     diverged: str | None = None
     raised: str | None = None  # what its own loss raised, if it did (it then fails like a divergence)
+
+
+def _check_kd_values(cfg: SweepConfig, trials: Sequence[StudentTrial]) -> None:
+    """Refuse trials whose τ, α or lr the config does not give: a trial trains with its own
+    values, so a trial planned from another config would silently not be the config's."""
+    allowed = kd_axis_values(cfg)
+    for trial in trials:
+        for column, values in allowed.items():
+            value = getattr(trial, column)
+            if value not in values:
+                raise ValueError(
+                    f"trial {trial.trial_id} has {column} {value}, but the config gives {list(values)}; "
+                    "plan the trials from the config that runs them"
+                )
 
 
 @dataclass
@@ -105,6 +122,7 @@ class DistillationRun:
         streams = {stream_key(t) for t in trials}
         if len(streams) != 1:
             raise ValueError(f"a run trains trials of one data stream, got {sorted(streams)}")
+        _check_kd_values(cfg, trials)
         first = trials[0]
         self.cfg = cfg
         self.runtime = runtime
@@ -141,13 +159,15 @@ class DistillationRun:
             image_size=self.input_size,
         )
         model = self.runtime.compiled(wrap(self.runtime.model(model)))
-        optimizer = build_optimizer(model, self.cfg.student.train)
+        # The trial's own base lr (grid.student_lrs), under the config's schedule.
+        train = self.cfg.student.train.model_copy(update={"lr": trial.lr})
+        optimizer = build_optimizer(model, train)
         return _Student(
             trial,
             model,
             optimizer,
-            build_scheduler(optimizer, self.cfg.student.train),
-            LOSSES.get(trial.loss),
+            build_scheduler(optimizer, train),
+            functools.partial(LOSSES.get(trial.loss), temperature=trial.temperature, alpha=trial.alpha),
             [
                 teacher_key(tid, trial.view, slot, trial.n_teachers)
                 for slot, tid in enumerate(trial.teacher_ids, 1)
@@ -196,13 +216,12 @@ class DistillationRun:
         train: bool,
     ) -> None:
         """One student on one batch: its loss against its teachers' outputs, a step, metrics."""
-        distill = self.cfg.distill
         t_out = [outputs[key] for key in s.teacher_keys]
         t_logits = [o[0] for o in t_out]
         with torch.set_grad_enabled(train), self.runtime.autocast():
             s_logits = s.model(x).float()
         try:
-            loss = s.loss_fn(s_logits, t_logits, y, temperature=distill.temperature, alpha=distill.alpha)
+            loss = s.loss_fn(s_logits, t_logits, y)
         except Exception as err:  # this student's own loss: it fails alone, like a divergence
             s.raised = s.raised or f"{type(err).__name__}: {err}".splitlines()[0][:300]
             # A NaN loss keeps DDP's backward in step on every rank and makes the all-reduced
