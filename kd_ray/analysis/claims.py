@@ -8,12 +8,15 @@ The method, and why each choice, is in docs/claims.md. In short:
   (teacher IoU, ensemble accuracy) would repeat the same number. Z-score trials feed C5 and the
   split view feeds C4.
 * **Confounders are controlled.** Strata are (dataset, architectures, teacher count, and the grid's
-  KD hyper-parameters where they vary). C2 and C3 relate a teacher-side quantity to the student's
+  KD hyper-parameters where they vary: each τ, α or lr is its own condition, never a replicate of
+  another). C2 and C3 relate a teacher-side quantity to the student's
   outcome, both moved by the student's augmentation, so their strata also hold the student's
   augmentation; the pooled test is shown beside it, and the same test on the clean val split as
   a robustness row.
 * **Strata are combined** by weighted Stouffer (:mod:`kd_ray.analysis.stats`), conservatively
-  within blocks of strata that share teacher models.
+  within blocks of strata that share teacher models (strata of different τ, α or lr always do).
+  Paired claims are tested within each value of the varied KD axes too, and combined the same
+  way.
 * **The seven claims are a family.** A claim of several parts is supported when every part is
   significant in the paper's direction (intersection-union: the claim's p is its largest part
   p), contradicted when some part goes against it (Bonferroni over its parts); Holm's adjustment
@@ -29,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from kd_ray.analysis.aggregate import ok_trials
+from kd_ray.analysis.kd_axes import KD_AXIS_COLUMNS, axis_values_text, varied_kd_axes
 from kd_ray.analysis.stats import (
     ALPHA,
     EMPTY,
@@ -41,7 +45,7 @@ from kd_ray.analysis.stats import (
 )
 
 # Grid axes beyond the paper's that, when a sweep varies them, define strata and configurations.
-HYPER_COLUMNS: tuple[str, ...] = ("temperature", "alpha", "lr")
+HYPER_COLUMNS: tuple[str, ...] = KD_AXIS_COLUMNS
 # Strata that share these share teacher models, so their tests are not independent.
 BLOCK_COLUMNS: tuple[str, ...] = ("dataset", "teacher_arch")
 _BASE_STRATUM = ("dataset", "teacher_arch", "student_arch")
@@ -76,7 +80,7 @@ class Correlation:
         columns = list(_BASE_STRATUM)
         if not self.k_is_variable:
             columns.append("n_teachers")
-        columns += [c for c in HYPER_COLUMNS if c in trials and trials[c].nunique(dropna=False) > 1]
+        columns += varied_kd_axes(trials)
         if self.by_student_aug and not pooled:
             columns.append("student_aug")
         return tuple(columns)
@@ -251,10 +255,12 @@ def _key(frame: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> pd.Series
 
 
 def _config_columns(trials: pd.DataFrame) -> list[str]:
-    return [*_CONFIG, *(c for c in HYPER_COLUMNS if c in trials)]
+    """A unit's key: the configuration without its seed, with the KD axes the sweep varies."""
+    return [*_CONFIG, *varied_kd_axes(trials)]
 
 
-def _strata_text(columns: tuple[str, ...]) -> str:
+def _strata_text(columns: tuple[str, ...], trials: pd.DataFrame) -> str:
+    """``dataset × architectures × k × τ ∈ {4, 10}``: the strata, with the values of a KD axis."""
     names = {
         "dataset": "dataset",
         "teacher_arch": "architectures",
@@ -262,8 +268,14 @@ def _strata_text(columns: tuple[str, ...]) -> str:
         "student_aug": "student aug",
     }
     return " × ".join(names[c] for c in columns if c != "student_arch" and c in names) + "".join(
-        f" × {c}" for c in columns if c in HYPER_COLUMNS
+        f" × {axis_values_text(trials, c)}" for c in columns if c in HYPER_COLUMNS
     )
+
+
+def _paired_text(trials: pd.DataFrame) -> str:
+    """``paired``, and within which values of the varied KD axes the pairs are tested."""
+    axes = varied_kd_axes(trials)
+    return "paired" + (f" within {' × '.join(axis_values_text(trials, c) for c in axes)}" if axes else "")
 
 
 def _correlation_data(trials: pd.DataFrame, part: Correlation) -> tuple[pd.DataFrame, str]:
@@ -337,8 +349,17 @@ def _pairs(trials: pd.DataFrame, part: Paired | Equivalent) -> tuple[pd.DataFram
             f"no {part.treated} trial matches a {part.control} trial on every other factor and seed",
         )
     unit_cols = [c for c in match if c != "seed"]
+    axes = varied_kd_axes(data)
     return pd.DataFrame(
-        {"unit": _key(pairs, unit_cols), "treated": pairs["treated"], "control": pairs["control"]}
+        {
+            "unit": _key(pairs, unit_cols),
+            # Each value of a varied KD axis is a condition of its own: tested alone, combined
+            # conservatively (its pairs share teachers and streams with the other values').
+            "stratum": _key(pairs, axes) if axes else "",
+            "block": _key(pairs, BLOCK_COLUMNS),
+            "treated": pairs["treated"],
+            "control": pairs["control"],
+        }
     ), ""
 
 
@@ -416,11 +437,11 @@ def claim_parts(trials: pd.DataFrame) -> pd.DataFrame:
                 result = equivalence_test(pairs, part.margin)
             else:
                 result = paired_test(pairs)
-            rows.append(_row(claim_id, i, PRIMARY, part, _paired_label(part), "paired", result, note))
+            rows.append(_row(claim_id, i, PRIMARY, part, _paired_label(part), _paired_text(ok), result, note))
         for j, part in enumerate(claim.context, len(claim.parts) + 1):
             pairs, note = _pairs(ok, part)
             result = paired_test(pairs) if not pairs.empty else EMPTY
-            rows.append(_row(claim_id, j, CONTEXT, part, _paired_label(part), "paired", result, note))
+            rows.append(_row(claim_id, j, CONTEXT, part, _paired_label(part), _paired_text(ok), result, note))
     return pd.DataFrame(rows)
 
 
@@ -436,17 +457,19 @@ def _correlation_rows(ok: pd.DataFrame, claim_id: str, i: int, part: Correlation
     strata = part.strata(ok)
     result, note = _run_correlation(ok, part, x, y, strata)
     note = "; ".join(s for s in (note, note_mi) if s)
-    rows = [_row(claim_id, i, PRIMARY, part, f"ρ({x}, {y})", _strata_text(strata), result, note)]
+    rows = [_row(claim_id, i, PRIMARY, part, f"ρ({x}, {y})", _strata_text(strata, ok), result, note)]
     if part.by_student_aug:
         pooled = part.strata(ok, pooled=True)
         result, note = _run_correlation(ok, part, x, y, pooled)
-        rows.append(_row(claim_id, i, POOLED, part, f"ρ({x}, {y})", _strata_text(pooled), result, note))
+        rows.append(_row(claim_id, i, POOLED, part, f"ρ({x}, {y})", _strata_text(pooled, ok), result, note))
     if part.val_columns:
         vx, vy = part.val_columns
         if vx == "val_mi_mm" and note_mi:
             vx = "val_mi"
         result, note = _run_correlation(ok, part, vx, vy, strata)
-        rows.append(_row(claim_id, i, VAL_SPLIT, part, f"ρ({vx}, {vy})", _strata_text(strata), result, note))
+        rows.append(
+            _row(claim_id, i, VAL_SPLIT, part, f"ρ({vx}, {vy})", _strata_text(strata, ok), result, note)
+        )
     return rows
 
 
@@ -536,7 +559,7 @@ def summarize_claims(parts: pd.DataFrame) -> pd.DataFrame:
         row["n"] = int(primary["n"].min())
         row["pooled"] = _pooled_note(group) or (
             "paired within the same teachers and data stream: nothing pooled"
-            if (primary["strata"] == "paired").all()
+            if primary["strata"].str.startswith("paired").all()
             else "pooled over the student's augmentation by design (see method)"
         )
         row["robustness"] = _robustness_note(group)

@@ -22,6 +22,13 @@ Conventions, fixed in advance and never tuned to the data (docs/claims.md says w
   correlation between them (its variance is at most 1); blocks are independent and combine by
   weighted Stouffer. With a single stratum the p-value is that stratum's exact permutation
   p-value.
+* Paired tests (Wilcoxon signed-rank, TOST) pool every pair into one test, unless the pairs fall
+  into strata (a sweep over KD's τ, α or lr: each value is its own condition). Then each stratum
+  gets its own Wilcoxon test, whose two-sided p and direction give a z-score, and the z-scores
+  combine as the correlations' do (averaged within a block of strata that share teachers,
+  weighted Stouffer across blocks, weights sqrt(n_s)); the effect is the strata's
+  Hodges-Lehmann estimates weighted by n_s. Pairs that differ only in τ share their teachers and
+  data stream, so counting them as separate replicates of one test would inflate n.
 """
 
 from __future__ import annotations
@@ -229,6 +236,19 @@ def stratum_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Stra
     return StratumTest(n, rho, float(p_two), float(-stats.norm.ppf(mid)))
 
 
+def combine_z(z: list[float], weights: list[float], blocks: list[object]) -> float:
+    """One z-score from per-stratum z-scores: the weighted mean within each block (valid under
+    any dependence between its strata), then weighted Stouffer across blocks."""
+    z_blocks, w_blocks = [], []
+    for block in pd.unique(pd.Series(blocks, dtype=object)):
+        members = [i for i, b in enumerate(blocks) if b == block]
+        w = np.array([weights[i] for i in members], float)
+        z_blocks.append(float(np.sum(w * [z[i] for i in members]) / w.sum()))
+        w_blocks.append(float(w.sum()))
+    w_blocks_arr = np.array(w_blocks)
+    return float(np.sum(w_blocks_arr * z_blocks) / np.sqrt(np.sum(w_blocks_arr**2)))
+
+
 def combine_strata(tests: list[StratumTest], blocks: list[object]) -> tuple[float, float]:
     """(weighted mean rho, two-sided p) of stratum tests; ``blocks[i]`` names the block of test i.
 
@@ -239,14 +259,7 @@ def combine_strata(tests: list[StratumTest], blocks: list[object]) -> tuple[floa
         return tests[0].rho, tests[0].p_two_sided
     rho_weights = np.array([t.n - 1 for t in tests], float)
     rho_bar = float(np.sum(rho_weights * [t.rho for t in tests]) / rho_weights.sum())
-    z_blocks, w_blocks = [], []
-    for block in pd.unique(pd.Series(blocks, dtype=object)):
-        members = [t for t, b in zip(tests, blocks, strict=True) if b == block]
-        w = np.sqrt([t.n - 1 for t in members])
-        z_blocks.append(float(np.sum(w * [t.z for t in members]) / w.sum()))
-        w_blocks.append(float(w.sum()))
-    w_blocks_arr = np.array(w_blocks)
-    z = float(np.sum(w_blocks_arr * z_blocks) / np.sqrt(np.sum(w_blocks_arr**2)))
+    z = combine_z([t.z for t in tests], list(np.sqrt(rho_weights)), blocks)
     return rho_bar, float(2 * stats.norm.sf(abs(z)))
 
 
@@ -315,23 +328,42 @@ def hodges_lehmann(diffs: np.ndarray) -> float:
 
 
 def _paired_diffs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
-    """Unit-level mean differences ``treated − control`` and the bootstrap layout."""
-    frame = frame.assign(d=frame["treated"] - frame["control"], stratum=0)
+    """Unit-level mean differences ``treated − control`` and the bootstrap layout.
+
+    Strata are the frame's ``stratum`` column (one stratum without it); ``strata[i]`` holds the
+    unit indices of stratum i.
+    """
+    frame = frame.assign(d=frame["treated"] - frame["control"])
+    if "stratum" not in frame:
+        frame = frame.assign(stratum=0)
     values, strata, counts = _units(frame, ["d"])
     return np.nanmean(values[..., 0], axis=1), values, strata, counts
 
 
+def _hl_of_draws(boot: np.ndarray) -> np.ndarray:
+    """The Hodges-Lehmann estimate of each bootstrap draw (rows of ``boot``), vectorised over
+    chunks of draws to bound memory."""
+    i, j = np.triu_indices(boot.shape[1])
+    chunk = max(1, 4_000_000 // i.size)
+    return np.concatenate(
+        [
+            np.median((b[:, i] + b[:, j]) / 2, axis=1)
+            for b in np.split(boot, range(chunk, boot.shape[0], chunk))
+        ]
+    )
+
+
 def _bootstrap_hl(values: np.ndarray, counts: np.ndarray, strata: list[np.ndarray]) -> tuple[float, float]:
-    """95% interval of the Hodges-Lehmann estimate over a two-level bootstrap."""
+    """95% interval of the Hodges-Lehmann estimate over a two-level bootstrap; with several
+    strata, of the strata's estimates weighted by their sizes (units resampled within each)."""
     rng = np.random.default_rng(RNG_SEED)
     boot = _bootstrap_means(values, counts, strata, rng)[..., 0]
-    n = boot.shape[1]
-    # The Hodges-Lehmann estimate of each draw, vectorised over chunks of draws to bound memory.
-    i, j = np.triu_indices(n)
-    chunk = max(1, 4_000_000 // i.size)
-    boot_hl = np.concatenate(
-        [np.median((b[:, i] + b[:, j]) / 2, axis=1) for b in np.split(boot, range(chunk, N_BOOT, chunk))]
+    sizes = [idx.size for idx in strata]
+    offsets = np.cumsum([0, *sizes])
+    per_stratum = np.stack(
+        [_hl_of_draws(boot[:, a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)], axis=1
     )
+    boot_hl = per_stratum @ np.array(sizes, float) / sum(sizes)
     low, high = np.percentile(boot_hl, [2.5, 97.5])
     return float(low), float(high)
 
@@ -343,12 +375,49 @@ def _wilcoxon(diffs: np.ndarray, alternative: str) -> float:
     return float(stats.wilcoxon(diffs, alternative=alternative).pvalue)
 
 
+def _signed_z(diffs: np.ndarray) -> float:
+    """A stratum's two-sided Wilcoxon p as a z-score, positive when the differences lean above 0.
+
+    ``p/2`` is the one-sided p in the observed direction (the direction of the signed-rank sum),
+    so a stratum with p = 1 adds z = 0 and no stratum adds an infinite score.
+    """
+    nonzero = diffs[diffs != 0]
+    if nonzero.size == 0:
+        return 0.0
+    direction = np.sign(np.sum(np.sign(nonzero) * stats.rankdata(np.abs(nonzero))))
+    p = max(_wilcoxon(diffs, "two-sided"), 1e-300)
+    return float(direction * stats.norm.isf(min(p, 1.0) / 2))
+
+
+def _stratified_z(
+    diffs: np.ndarray, strata: list[np.ndarray], blocks: list[object], shift: float = 0.0
+) -> float:
+    """The combined z-score of ``diffs + shift`` over strata (see the module docstring)."""
+    z = [_signed_z(diffs[idx] + shift) for idx in strata]
+    return combine_z(z, [math.sqrt(idx.size) for idx in strata], blocks)
+
+
+def _strata_blocks(frame: pd.DataFrame, strata: list[np.ndarray]) -> list[object]:
+    """The block of each stratum (as ordered by :func:`_units`); each its own without ``block``."""
+    codes, _ = pd.factorize(frame["unit"], sort=True)
+    firsts = frame.groupby(codes).first()
+    column = "block" if "block" in frame else "stratum"
+    return [firsts[column].iloc[idx[0]] for idx in strata]
+
+
+def _weighted_hl(diffs: np.ndarray, strata: list[np.ndarray]) -> float:
+    sizes = np.array([idx.size for idx in strata], float)
+    return float(np.sum(sizes * [hodges_lehmann(diffs[idx]) for idx in strata]) / sizes.sum())
+
+
 def paired_test(frame: pd.DataFrame) -> TestResult:
     """Wilcoxon signed-rank test of paired differences ``treated − control``, seeds averaged.
 
     Args:
         frame: one row per paired trial (same configuration and seed but for the factor under
-            test) with columns ``unit``, ``treated``, ``control``.
+            test) with columns ``unit``, ``treated``, ``control``, and optionally ``stratum``
+            and ``block``: with more than one stratum, each is tested alone and the tests are
+            combined (module docstring).
     """
     frame = frame.dropna(subset=["treated", "control"])
     if frame.empty:
@@ -356,15 +425,20 @@ def paired_test(frame: pd.DataFrame) -> TestResult:
     p_eq9 = eq9_p_value(frame["treated"].to_numpy(), frame["control"].to_numpy())
     diffs, values, strata, counts = _paired_diffs(frame)
     low, high = _bootstrap_hl(values, counts, strata)
+    if len(strata) == 1:
+        value, p = hodges_lehmann(diffs), _wilcoxon(diffs, "two-sided")
+    else:
+        value = _weighted_hl(diffs, strata)
+        p = float(2 * stats.norm.sf(abs(_stratified_z(diffs, strata, _strata_blocks(frame, strata)))))
     return TestResult(
-        hodges_lehmann(diffs),
-        _wilcoxon(diffs, "two-sided"),
+        value,
+        p,
         low,
         high,
         int(diffs.size),
         n_needed_paired(diffs),
         p_eq9,
-        n_strata=1,
+        n_strata=len(strata),
     )
 
 
@@ -379,16 +453,26 @@ def equivalence_test(frame: pd.DataFrame, margin: float) -> TestResult:
     if frame.empty:
         return EMPTY
     diffs, values, strata, counts = _paired_diffs(frame)
-    p_low = _wilcoxon(diffs + margin, "greater")
-    p_high = _wilcoxon(diffs - margin, "less")
     low, high = _bootstrap_hl(values, counts, strata)
+    if len(strata) == 1:
+        value = hodges_lehmann(diffs)
+        p_low = _wilcoxon(diffs + margin, "greater")
+        p_high = _wilcoxon(diffs - margin, "less")
+        p_against = _wilcoxon(diffs + margin, "less")
+    else:  # each one-sided test combined over strata, as paired_test combines two-sided ones
+        value = _weighted_hl(diffs, strata)
+        blocks = _strata_blocks(frame, strata)
+        z_low = _stratified_z(diffs, strata, blocks, shift=margin)
+        p_low = float(stats.norm.sf(z_low))
+        p_high = float(stats.norm.cdf(_stratified_z(diffs, strata, blocks, shift=-margin)))
+        p_against = float(stats.norm.cdf(z_low))
     return TestResult(
-        hodges_lehmann(diffs),
+        value,
         max(p_low, p_high),
         low,
         high,
         int(diffs.size),
         None,
-        n_strata=1,
-        p_against=_wilcoxon(diffs + margin, "less"),
+        n_strata=len(strata),
+        p_against=p_against,
     )

@@ -1,0 +1,245 @@
+"""KD's own hyper-parameters as grid axes (issue 11, item 3): τ, α and the student's lr.
+
+A grid may list ``temperatures``, ``alphas`` and ``student_lrs``; each value is a trial column
+and part of the trial id, only where the grid lists that axis, so existing configs keep their
+ids, fingerprints and saved configs. Teachers do not depend on them, students of one stream
+still train together, and the claims check treats each value as its own condition.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from _analysis_fixtures import perms, trial_row
+from _sweep_helpers import TINY, merged
+from scipy import stats as sps
+
+from kd_ray import analysis as A
+from kd_ray.cli import main
+from kd_ray.config import dump_config, load_config, parse_config
+from kd_ray.errors import ConfigError
+from kd_ray.plan import (
+    axis_text,
+    fingerprint,
+    plan_sweep,
+    stream_groups,
+    trial_fingerprint_content,
+)
+
+SWEPT = merged(TINY, {"grid": {"temperatures": [4, 10]}})
+
+
+def _plan(override: dict):
+    cfg = parse_config(merged(TINY, override))
+    return cfg, plan_sweep(cfg)
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"temperatures": []}, "grid.temperatures: must list at least one value"),
+        ({"temperatures": [4, 4.0]}, "grid.temperatures: has repeated values"),
+        ({"temperatures": 4}, "grid.temperatures: Input should be a valid tuple"),
+        ({"temperatures": [0]}, "grid.temperatures.0: Input should be greater than 0"),
+        ({"alphas": [0.5, 1.5]}, "grid.alphas.1: Input should be less than or equal to 1"),
+        ({"student_lrs": [-0.1]}, "grid.student_lrs.0: Input should be greater than 0"),
+        ({"temperature": [4]}, "grid.temperature: unknown key"),
+    ],
+)
+def test_bad_axis_is_one_line_naming_the_field(grid: dict, message: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse_config(merged(TINY, {"grid": grid}))
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(merged(TINY, {"grid": grid})))
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_unswept_axes_leave_the_saved_config_as_it_was() -> None:
+    """--resume compares the saved config.yaml with the new one: a config that sweeps no KD axis
+    must dump exactly as before the axes existed (no ``temperatures: null``)."""
+    plain = dump_config(load_config("experiments/demo.yaml"))
+    assert not {"temperatures", "alphas", "student_lrs"} & set(yaml.safe_load(plain)["grid"])
+    swept = parse_config(SWEPT)
+    assert yaml.safe_load(dump_config(swept))["grid"]["temperatures"] == [4.0, 10.0]
+    assert parse_config(yaml.safe_load(dump_config(swept))) == swept
+
+
+# --- plan, ids, fingerprints ----------------------------------------------------------------
+
+
+def test_existing_ids_and_fingerprints_do_not_change() -> None:
+    """Values computed before trials carried τ, α and lr: resume of existing sweeps relies on them."""
+    cfg, plan = _plan({})
+    ids = {t.trial_id: fingerprint(trial_fingerprint_content(cfg, t)) for t in plan.trials}
+    assert ids == {
+        "synthetic-T1w_Sw-kd-full-s0": "3e98aa2d95",
+        "synthetic-T1w_Ss-kd-full-s0": "66f27bca9d",
+        "synthetic-T1s_Sw-kd-full-s0": "acd4b2a364",
+        "synthetic-T1s_Ss-kd-full-s0": "5517abea07",
+    }
+    assert [t.teacher_id for t in plan.teachers] == [
+        "synthetic-cnn_tiny-T1w-s0-0108ef5211",
+        "synthetic-cnn_tiny-T1s-s0-8fb2e0be76",
+    ]
+    assert {(t.temperature, t.alpha, t.lr) for t in plan.trials} == {(10.0, 0.2, 0.05)}
+
+
+def test_each_listed_axis_multiplies_trials_and_names_them() -> None:
+    cfg, plan = _plan(
+        {
+            "grid": {
+                "permutations": ["T1w_Ss"],
+                "temperatures": [4, 10],
+                "alphas": [0.2, 0.5],
+                "student_lrs": [0.05],
+            }
+        }
+    )
+    assert [t.trial_id for t in plan.trials] == [
+        f"synthetic-T1w_Ss-kd-full-tau{tau}-alpha{a}-lr0.05-s0"
+        for tau, a in itertools.product(("4", "10"), ("0.2", "0.5"))
+    ]
+    assert [(t.temperature, t.alpha, t.lr) for t in plan.trials] == [
+        (tau, a, 0.05) for tau, a in itertools.product((4.0, 10.0), (0.2, 0.5))
+    ]
+    # Only listed axes name ids: τ alone leaves α and lr out (they still hold the config's values).
+    _, tau_only = _plan({"grid": {"permutations": ["T1w_Ss"], "temperatures": [4, 10]}})
+    assert [t.trial_id for t in tau_only.trials] == [
+        "synthetic-T1w_Ss-kd-full-tau4-s0",
+        "synthetic-T1w_Ss-kd-full-tau10-s0",
+    ]
+    assert {(t.alpha, t.lr) for t in tau_only.trials} == {(0.2, 0.05)}
+
+
+def test_axis_text_is_exact_and_a_safe_file_name() -> None:
+    assert [axis_text(v) for v in (4.0, 10, 0.5, 0.05, 1e-05, 1e20)] == [
+        "4",
+        "10",
+        "0.5",
+        "0.05",
+        "1e-05",
+        "1e20",
+    ]
+    # %g would round these to the same "0.1"; ids must not collide.
+    assert axis_text(0.1) != axis_text(0.1000001)
+    assert float(axis_text(0.1000001)) == 0.1000001
+
+
+def test_teachers_do_not_depend_on_kd_axes() -> None:
+    _, plain = _plan({})
+    _, swept = _plan({"grid": {"temperatures": [4, 10], "alphas": [0.2, 0.5], "student_lrs": [0.05, 0.1]}})
+    assert swept.teachers == plain.teachers
+    assert len(swept.trials) == 8 * len(plain.trials)
+
+
+def test_students_of_every_kd_value_share_their_stream_group() -> None:
+    _, plan = _plan({"grid": {"permutations": ["T1w_Sw", "T1s_Sw"], "temperatures": [4, 10]}})
+    (group,) = stream_groups(plan.trials)
+    assert sorted({t.temperature for t in group}) == [4.0, 10.0] and len(group) == 4
+
+
+def test_fingerprint_holds_the_trials_own_values() -> None:
+    """A checkpoint made at τ = 4 must never be resumed as the τ = 10 trial, and the config's
+    single value, which a grid list replaces, must not matter."""
+    cfg, plan = _plan({"grid": {"temperatures": [4, 10], "student_lrs": [0.05, 0.1]}})
+    digests = {fingerprint(trial_fingerprint_content(cfg, t)) for t in plan.trials}
+    assert len(digests) == len(plan.trials)
+    content = trial_fingerprint_content(cfg, plan.trials[0])
+    assert content["distill"]["temperature"] == plan.trials[0].temperature == 4.0
+    assert content["student"]["train"]["lr"] == plan.trials[0].lr == 0.05
+    other = parse_config(merged(SWEPT, {"distill": {"temperature": 7}, "grid": {"student_lrs": [0.05, 0.1]}}))
+    assert [fingerprint(trial_fingerprint_content(other, t)) for t in plan_sweep(other).trials] == [
+        fingerprint(trial_fingerprint_content(cfg, t)) for t in plan.trials
+    ]
+
+
+def test_dry_run_lists_each_temperature(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "tau.yaml"
+    path.write_text(yaml.safe_dump(merged(SWEPT, {"grid": {"permutations": ["T1w_Sw"]}})))
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic-T1w_Sw-kd-full-tau4-s0" in out and "synthetic-T1w_Sw-kd-full-tau10-s0" in out
+    assert out.strip().endswith("1 teachers, 2 student trials")
+
+
+# --- claims: τ is a condition, not a replicate ----------------------------------------------
+
+
+def _at(row: dict, temperature: float) -> dict:
+    """A fixture row at temperature τ (its id names it, as a real sweep's does)."""
+    return row | {"temperature": temperature, "trial_id": f"{row['trial_id']}-tau{axis_text(temperature)}"}
+
+
+def _tau_only_story() -> list[dict]:
+    """C6 (ρ(affinity, val_acc) < 0) built to fool pooling: τ = 4 units have high affinity and low
+    accuracy, τ = 10 units the reverse, and within each τ the two are unrelated."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for tau, (aff, acc) in ((4.0, (0.95, 0.60)), (10.0, (0.85, 0.80))):
+        for perm in perms(2):
+            rows.append(
+                _at(
+                    trial_row(
+                        perm=perm, affinity=aff + rng.normal(0, 0.01), val_acc=acc + rng.normal(0, 0.01)
+                    ),
+                    tau,
+                )
+            )
+    return rows
+
+
+def test_an_effect_made_only_by_temperature_is_not_supported() -> None:
+    rows = _tau_only_story()
+    frame = pd.DataFrame(rows)
+    pooled = sps.spearmanr(frame["affinity"], frame["val_acc"])
+    assert pooled.statistic < -0.5 and pooled.pvalue < 0.05  # the trap: τ = 4 vs τ = 10 is the trend
+    parts = A.claim_parts(frame)
+    c6 = parts[(parts["claim"] == "C6") & (parts["role"] == "primary")].iloc[0]
+    assert c6["n"] == 16 and c6["n_strata"] == 2
+    assert c6["strata"] == "dataset × architectures × k × τ ∈ {4, 10}"
+    assert c6["verdict"] != "supported" and c6["p_value"] > 0.05
+    claims = A.summarize_claims(parts).set_index("claim")
+    assert claims.loc["C6", "verdict"] == "inconclusive"
+    assert "τ ∈ {4, 10}" in claims.loc["C6", "strata"]
+
+
+def test_an_effect_within_each_temperature_stays_supported() -> None:
+    """The same sweep with a real within-τ trend: stratifying by τ does not hide it."""
+    rows = []
+    for tau in (4.0, 10.0):
+        for i, perm in enumerate(perms(2)):
+            rows.append(
+                _at(trial_row(perm=perm, affinity=0.8 + 0.02 * i, val_acc=0.9 - 0.03 * i - tau / 100), tau)
+            )
+    claims = A.claims_check(pd.DataFrame(rows)).set_index("claim")
+    assert claims.loc["C6", "verdict"] == "supported" and claims.loc["C6", "value"] == pytest.approx(-1.0)
+
+
+def test_pairs_at_two_temperatures_are_not_twice_the_evidence() -> None:
+    """C5's pairs repeated at τ = 4 and τ = 10 (the same differences: the τ twins share teachers
+    and stream) keep the p-value of one temperature; counted as 16 replicates they would pass."""
+    diffs = np.array([-0.03, -0.02, -0.025, -0.01, 0.012, -0.015, 0.01, -0.02])
+    alone = sps.wilcoxon(diffs).pvalue
+    doubled = sps.wilcoxon(np.r_[diffs, diffs]).pvalue
+    assert alone > 0.05 > doubled
+    rows = []
+    for tau in (4.0, 10.0):
+        for perm, d in zip(perms(2), diffs, strict=True):
+            rows.append(_at(trial_row(perm=perm, loss="kd", gap=0.1), tau))
+            rows.append(_at(trial_row(perm=perm, loss="zscore_kd", gap=0.1 + d), tau))
+    parts = A.claim_parts(pd.DataFrame(rows))
+    gap = parts[(parts["claim"] == "C5") & (parts["part"] == 1)].iloc[0]
+    assert gap["strata"] == "paired within τ ∈ {4, 10}"
+    assert gap["n"] == 16 and gap["n_strata"] == 2
+    assert gap["p_value"] == pytest.approx(alone)
+    assert gap["verdict"] == "inconclusive"
