@@ -243,3 +243,51 @@ def test_pairs_at_two_temperatures_are_not_twice_the_evidence() -> None:
     assert gap["n"] == 16 and gap["n_strata"] == 2
     assert gap["p_value"] == pytest.approx(alone)
     assert gap["verdict"] == "inconclusive"
+
+
+# --- tables and figures: configurations keep their τ -----------------------------------------
+
+
+def _two_temperature_rows() -> list[dict]:
+    """Both losses at τ = 4 and 10; accuracy 0.6 at τ = 4 and 0.8 at τ = 10, whatever the loss."""
+    rows = []
+    for tau, acc in ((4.0, 0.6), (10.0, 0.8)):
+        for perm, loss in itertools.product(perms(2), ("kd", "zscore_kd")):
+            rows.append(_at(trial_row(perm=perm, loss=loss, val_acc=acc), tau))
+    return rows
+
+
+def test_tables_keep_each_temperature_apart() -> None:
+    trials = pd.DataFrame(_two_temperature_rows())
+    table = A.table1_affinity_acc(trials)
+    assert "temperature" in table.index.names
+    acc = table.xs("val_acc", level="metric")
+    by_tau = acc.groupby(level="temperature").mean().mean(axis=1)
+    assert by_tau.to_dict() == pytest.approx({4.0: 0.6, 10.0: 0.8})  # never 0.7, the mean of both
+    best = A.table_g5_best(trials)
+    assert best.loc[0, "temperature"] == 10.0 and best.loc[0, "val_acc"] == pytest.approx(0.8)
+
+
+def test_figures_name_each_temperature() -> None:
+    trials = pd.DataFrame(_two_temperature_rows())
+    fig4 = A.fig4_zscore_bars(trials)
+    titles = [a.text for a in fig4.layout.annotations]
+    assert titles == ["digits · τ=4", "digits · τ=10"]
+    epochs = pd.DataFrame(
+        [
+            {
+                "trial_id": t,
+                "epoch": 1,
+                "split": "val",
+                "acc": 0.5,
+                "agreement": 0.5,
+                "iou_teachers": 0.5,
+                "loss": 1.0,
+            }
+            for t in trials["trial_id"]
+        ]
+    )
+    curves = A.epoch_curves(trials, epochs)
+    labels = [b.label for b in curves.layout.updatemenus[0].buttons]
+    assert len(labels) == len(set(labels)) == len(trials)
+    assert "T1w_T2w_Sw kd full s0 τ=4" in labels

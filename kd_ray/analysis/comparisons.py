@@ -1,12 +1,19 @@
-"""Bar, reliability and epoch-curve figures: Fig 4, Fig H.9 (bottom) and per-trial curves."""
+"""Bar, reliability and epoch-curve figures: Fig 4, Fig H.9 (bottom) and per-trial curves.
+
+Where a sweep varies τ, α or lr, each value is its own configuration: Fig 4 draws a panel per
+value, the reliability diagrams a line per (k, value), and trial names carry the values.
+"""
 
 from __future__ import annotations
+
+import itertools
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kd_ray.analysis.aggregate import NoData, ok_trials, seed_means, sort_perms, trial_label
+from kd_ray.analysis.aggregate import NoData, ok_trials, sort_perms, trial_label
+from kd_ray.analysis.kd_axes import kd_label, seed_means_by_kd_axes, varied_kd_axes
 
 _LOSS_NAMES = {"kd": "vKD", "zscore_kd": "z-score KD"}
 _LOSS_COLORS = {"kd": "#1f77b4", "zscore_kd": "#ff7f0e"}
@@ -20,8 +27,8 @@ def fig4_zscore_bars(trials: pd.DataFrame) -> go.Figure:
     """
     ok = ok_trials(trials)
     ok = ok[ok["view"] == "full"]
-    points = seed_means(ok, ["gap", "agreement"])
-    pair_keys = ["dataset", "teacher_arch", "student_arch", "n_teachers", "perm"]
+    points, axes = seed_means_by_kd_axes(ok, ["gap", "agreement"])
+    pair_keys = ["dataset", "teacher_arch", "student_arch", "n_teachers", "perm", *axes]
     both = points.groupby(pair_keys)["loss"].transform(lambda s: {"kd", "zscore_kd"} <= set(s))
     points = points[both & points["loss"].isin(["kd", "zscore_kd"])]
     if points.empty:
@@ -29,6 +36,8 @@ def fig4_zscore_bars(trials: pd.DataFrame) -> go.Figure:
     panel = points["dataset"].astype(str)
     if points[["teacher_arch", "student_arch"]].drop_duplicates().shape[0] > 1:
         panel = panel + " · " + points["teacher_arch"] + "→" + points["student_arch"]
+    if axes:
+        panel = panel + " · " + kd_label(points, axes)
     datasets = list(dict.fromkeys(panel))
     fig = make_subplots(rows=2, cols=len(datasets), column_titles=datasets, vertical_spacing=0.15)
     for c, dataset in enumerate(datasets, start=1):
@@ -69,13 +78,15 @@ def fig_h9_reliability(trials: pd.DataFrame, calibration: pd.DataFrame, split: s
     confidence), so a line shows how calibrated students with k teachers are overall.
     """
     ok = ok_trials(trials)
-    ok = ok[ok["view"] == "full"][["trial_id", "dataset", "n_teachers"]]
+    ok = ok[ok["view"] == "full"]
+    # A line per teacher count, and per value of each varied KD axis (never pooled across them).
+    ok = ok.assign(line=kd_label(ok, varied_kd_axes(ok)))[["trial_id", "dataset", "n_teachers", "line"]]
     bins = calibration[calibration["split"] == split].merge(ok, on="trial_id")
     bins = bins[bins["count"] > 0]
     if bins.empty:
         raise NoData(f"calibration.parquet has no non-empty {split} bins for successful full-view trials")
     bins = bins.assign(acc_n=bins["acc"] * bins["count"], conf_n=bins["conf"] * bins["count"])
-    pooled = bins.groupby(["dataset", "n_teachers", "bin"], as_index=False)[
+    pooled = bins.groupby(["dataset", "n_teachers", "line", "bin"], as_index=False)[
         ["acc_n", "conf_n", "count"]
     ].sum()
     pooled["acc"] = pooled["acc_n"] / pooled["count"]
@@ -83,6 +94,9 @@ def fig_h9_reliability(trials: pd.DataFrame, calibration: pd.DataFrame, split: s
     datasets = list(dict.fromkeys(pooled["dataset"]))
     fig = make_subplots(rows=1, cols=len(datasets), column_titles=datasets)
     colors = {1: "#2ca02c", 2: "#1f77b4", 3: "#d62728"}
+    # Colour says k; the dash, the value of the varied KD axes.
+    styles = itertools.cycle(("solid", "dash", "dot", "dashdot", "longdash"))
+    dashes = {line: next(styles) for line in sorted(pooled["line"].unique())}
     for c, dataset in enumerate(datasets, start=1):
         fig.add_trace(
             go.Scatter(
@@ -96,17 +110,18 @@ def fig_h9_reliability(trials: pd.DataFrame, calibration: pd.DataFrame, split: s
             row=1,
             col=c,
         )
-        for k, sel in pooled[pooled["dataset"] == dataset].groupby("n_teachers"):
+        for (k, line), sel in pooled[pooled["dataset"] == dataset].groupby(["n_teachers", "line"]):
             sel = sel.sort_values("bin")
             fig.add_trace(
                 go.Scatter(
                     x=sel["conf"].tolist(),
                     y=sel["acc"].tolist(),
                     mode="lines+markers",
-                    name=f"{k} teacher{'s' if k > 1 else ''}",
-                    legendgroup=str(k),
+                    name=f"{k} teacher{'s' if k > 1 else ''}" + (f" · {line}" if line else ""),
+                    legendgroup=f"{k}{line}",
                     showlegend=c == 1,
                     marker_color=colors.get(int(k), "#555"),
+                    line={"dash": dashes[line]},
                     customdata=sel["count"].tolist(),
                     hovertemplate="conf=%{x:.3f}<br>acc=%{y:.3f}<br>n=%{customdata}",
                 ),
@@ -141,6 +156,9 @@ def epoch_curves(
     if data.empty:
         raise NoData("epochs.parquet holds no rows for these trials")
     labels = trial_label(known.reset_index()).set_axis(known.index)
+    axes = varied_kd_axes(known)
+    if axes:  # trials that differ only in τ, α or lr must not share a name
+        labels = labels + " " + kd_label(known, axes)
     order = sorted(data["trial_id"].unique(), key=lambda t: labels[t])
     groups = {key: rows.sort_values("epoch") for key, rows in data.groupby(["trial_id", "split"], sort=False)}
     combos = [

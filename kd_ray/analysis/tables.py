@@ -2,14 +2,16 @@
 
 Tables 1 and H.6 keep the paper's layout: one row per (dataset, metric) and one column per
 trial name in the paper's order; teacher count, loss and view join the row key because a user's
-sweep may vary them.
+sweep may vary them, and so do τ, α and lr where the sweep varies them (each value is its own
+configuration: seeds are averaged within it, never across values).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from kd_ray.analysis.aggregate import NoData, ok_trials, seed_means, sort_perms
+from kd_ray.analysis.aggregate import NoData, ok_trials, sort_perms
+from kd_ray.analysis.kd_axes import seed_means_by_kd_axes, varied_kd_axes
 from kd_ray.analysis.stats import eq9_p_value
 
 _ROW_KEYS = ["dataset", "n_teachers", "loss", "view"]
@@ -19,16 +21,17 @@ def _metric_by_perm(trials: pd.DataFrame, metrics: list[str], what: str) -> pd.D
     ok = ok_trials(trials)
     if ok.empty:
         raise NoData(f"no successful trials for {what}")
-    points = seed_means(ok, metrics)
-    long = points.melt(id_vars=_ROW_KEYS + ["perm"], value_vars=metrics, var_name="metric")
+    points, axes = seed_means_by_kd_axes(ok, metrics)
+    row_keys = _ROW_KEYS + axes
+    long = points.melt(id_vars=row_keys + ["perm"], value_vars=metrics, var_name="metric")
     table = long.pivot_table(
-        index=_ROW_KEYS + ["metric"], columns="perm", values="value", aggfunc="mean", dropna=False
+        index=row_keys + ["metric"], columns="perm", values="value", aggfunc="mean", dropna=False
     )
     table = table.reindex(columns=sort_perms(table.columns))
     table = table.dropna(how="all")
     order = {m: i for i, m in enumerate(metrics)}
     table = table.sort_index(level="metric", key=lambda idx: idx.map(order), sort_remaining=False)
-    table = table.sort_index(level=_ROW_KEYS, sort_remaining=False)
+    table = table.sort_index(level=row_keys, sort_remaining=False)
     table.columns.name = "trial"
     return table
 
@@ -46,9 +49,14 @@ def table_h6_ece_affinity(trials: pd.DataFrame) -> pd.DataFrame:
 _AB_KEYS = ["dataset", "teacher_arch", "student_arch", "n_teachers", "loss", "perm"]
 
 
+def _ab_keys(ok: pd.DataFrame) -> list[str]:
+    """What an A/B pair shares besides the seed: the configuration, with the varied KD axes."""
+    return [*_AB_KEYS[:-1], *varied_kd_axes(ok), _AB_KEYS[-1]]
+
+
 def _ab_pairs(trials: pd.DataFrame) -> pd.DataFrame:
     ok = ok_trials(trials)
-    keys = [*_AB_KEYS, "seed"]
+    keys = [*_ab_keys(ok), "seed"]
     full = ok[ok["view"] == "full"].set_index(keys)
     split = ok[ok["view"] == "split"].set_index(keys)
     pairs = full[["gap", "iou_teachers", "agreement"]].join(
@@ -68,11 +76,12 @@ def table_c_ab(trials: pd.DataFrame) -> pd.DataFrame:
     """Tables C.2-C.4: A/B test per trial, vKD (full view) vs hKD (split view).
 
     Columns are (metric, group) for the train − val gap, teacher attention IoU and fidelity;
-    rows are (dataset, architectures, teacher count, loss, trial name), seeds averaged over the
-    seeds present in both groups.
+    rows are (dataset, architectures, teacher count, loss, [τ, α, lr where they vary,] trial
+    name), seeds averaged over the seeds present in both groups.
     """
     pairs = _ab_pairs(trials)
-    table = pairs.groupby(_AB_KEYS, sort=False).mean(numeric_only=True).drop(columns="seed")
+    keys = _ab_keys(ok_trials(trials))
+    table = pairs.groupby(keys, sort=False).mean(numeric_only=True).drop(columns="seed")
     table.columns = pd.MultiIndex.from_tuples(
         [tuple(c.rsplit("_", 1)) for c in table.columns], names=["metric", "group"]
     )
@@ -90,13 +99,12 @@ def ab_p_values(trials: pd.DataFrame) -> pd.DataFrame:
     the numerator. The same fraction is given for teacher IoU.
     """
     pairs = _ab_pairs(trials)
+    keys = _ab_keys(ok_trials(trials))[:-1]  # every table of pairs, without the trial name
     rows = []
-    for key, group in pairs.groupby(
-        ["dataset", "teacher_arch", "student_arch", "n_teachers", "loss"], sort=False
-    ):
+    for key, group in pairs.groupby(keys, sort=False):
         rows.append(
             dict(
-                zip(["dataset", "teacher_arch", "student_arch", "n_teachers", "loss"], key, strict=True),
+                zip(keys, key, strict=True),
                 num=len(group),
                 n_higher=int((group["agreement_hKD"] > group["agreement_vKD"]).sum()),
                 p_eq9=eq9_p_value(group["agreement_hKD"].to_numpy(), group["agreement_vKD"].to_numpy()),
@@ -113,15 +121,27 @@ def table_g5_best(trials: pd.DataFrame) -> pd.DataFrame:
 
     "Ours(kT)" in the paper is its best full-view vanilla-KD trial with k teachers; LFME and
     DMAE are other papers' numbers and are not recomputed. One row per (dataset, k) with the
-    winning trial name, its mean val accuracy over seeds and the seed count.
+    winning trial name (and its τ, α, lr where the sweep varies them), its mean val accuracy
+    over seeds and the seed count.
     """
     ok = ok_trials(trials)
     ok = ok[(ok["view"] == "full") & (ok["loss"] == "kd")]
     if ok.empty:
         raise NoData("Table G.5 needs successful full-view vanilla-KD (loss kd) trials")
-    points = seed_means(ok, ["val_acc"]).dropna(subset=["val_acc"])
+    points, axes = seed_means_by_kd_axes(ok, ["val_acc"])
+    points = points.dropna(subset=["val_acc"]).reset_index(drop=True)
     best = points.loc[points.groupby(["dataset", "n_teachers"])["val_acc"].idxmax()]
     best = best.assign(method=[f"Ours({k}T)" for k in best["n_teachers"]])
     return best[
-        ["method", "dataset", "n_teachers", "teacher_arch", "student_arch", "perm", "val_acc", "n_seeds"]
+        [
+            "method",
+            "dataset",
+            "n_teachers",
+            "teacher_arch",
+            "student_arch",
+            "perm",
+            *axes,
+            "val_acc",
+            "n_seeds",
+        ]
     ].reset_index(drop=True)
