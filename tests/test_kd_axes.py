@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 from _analysis_fixtures import perms, trial_row
-from _sweep_helpers import TINY, merged
+from _sweep_helpers import TINY, merged, run_cli, write_config
 from scipy import stats as sps
 
 from kd_ray import analysis as A
+from kd_ray.analysis import load_results
 from kd_ray.cli import main
 from kd_ray.config import dump_config, load_config, parse_config
 from kd_ray.errors import ConfigError
@@ -291,3 +292,37 @@ def test_figures_name_each_temperature() -> None:
     labels = [b.label for b in curves.layout.updatemenus[0].buttons]
     assert len(labels) == len(set(labels)) == len(trials)
     assert "T1w_T2w_Sw kd full s0 τ=4" in labels
+
+
+# --- end to end: a sweep over two temperatures, from the CLI ----------------------------------
+
+
+@pytest.mark.slow
+def test_cli_sweep_over_two_temperatures_writes_both_and_stratifies_claims_by_tau(tmp_path: Path) -> None:
+    """One permutation, one epoch, τ = 4 and 10: one teacher, two students in one run."""
+    config = write_config(
+        tmp_path,
+        {
+            "name": "tau",
+            "student": {"train": {"epochs": 1}},
+            "grid": {"permutations": ["T1w_Sw"], "temperatures": [4, 10]},
+        },
+    )
+    done = run_cli("sweep", str(config), "--results", str(tmp_path / "results"), "-q")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sweep = tmp_path / "results" / "tau"
+    results = load_results(sweep)
+    trials = results.trials.set_index("trial_id").sort_values("temperature")
+    assert list(trials.index) == ["synthetic-T1w_Sw-kd-full-tau4-s0", "synthetic-T1w_Sw-kd-full-tau10-s0"]
+    assert trials["temperature"].tolist() == [4.0, 10.0] and set(trials["status"]) == {"ok"}
+    assert set(trials["alpha"]) == {0.2} and set(trials["lr"]) == {0.05}
+    assert trials["train_loss"].nunique() == 2  # each student trained at its own τ
+    assert len(results.teachers) == 1  # τ does not touch the teachers
+    # The claims check, as the report shows it and as a notebook computes it.
+    claims = A.claims_check(results.trials).set_index("claim")
+    assert claims.loc["C6", "strata"] == "dataset × architectures × k × τ ∈ {4, 10}"
+    assert claims.loc["C5", "strata"] == "paired within τ ∈ {4, 10}"
+    page = (sweep / "report.html").read_text()
+    table = page[page.index('id="claims"') : page.index("</table>", page.index('id="claims"'))]
+    rows = table.split("<tbody>")[1].split("<tr>")[1:]
+    assert len(rows) == 7 and all("τ ∈ {4, 10}" in row for row in rows)  # every claim's strata
