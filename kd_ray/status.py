@@ -22,7 +22,6 @@ still to train, and says so.
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 
 import pandas as pd
@@ -74,12 +73,6 @@ class SweepStatus:
         return all(t.status in ("ok", "failed") for t in self.trials)
 
 
-def _parent(storage: Storage) -> Storage:
-    """The directory that holds ``storage`` (a sweep's results root), on the same filesystem."""
-    base, sep, query = storage.uri.partition("?")
-    return Storage(storage.fs, posixpath.dirname(storage.root), posixpath.dirname(base) + sep + query)
-
-
 def _read_config(sweep: Storage) -> SweepConfig:
     if not sweep.exists("config.yaml"):
         what = "does not exist" if not sweep.exists() else "holds no config.yaml"
@@ -98,8 +91,7 @@ def _driver(sweep: Storage) -> str | None:
     """Who runs the sweep now (its lease's live holder), or None."""
     from kd_ray.orchestration.lease import LEASE_SUFFIX, read_lease  # plain Python, no Ray
 
-    name = posixpath.basename(sweep.root) + LEASE_SUFFIX
-    holder = read_lease(_parent(sweep), name)
+    holder = read_lease(sweep.parent(), sweep.name + LEASE_SUFFIX)
     if holder is None or holder.expired() is not None:
         return None
     return holder.describe(what=False)
@@ -179,7 +171,7 @@ def sweep_status(location: str) -> SweepStatus:
                 status = "pending" if live else "not started"
         trials.append(TrialProgress(tid, status, epoch, acc, error))
 
-    stored = set(_parent(sweep).child("_teachers").listdir())
+    stored = set(sweep.parent().child("_teachers").listdir())
     teachers_stored = sum(f"{t.teacher_id}.json" in stored for t in plan.teachers)
     return SweepStatus(
         name=cfg.name,
