@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
-from _analysis_fixtures import perms, trial_row
+from _analysis_fixtures import perms, trial_row, write_results
 from _sweep_helpers import TINY, merged, run_cli, write_config
 from scipy import stats as sps
 
@@ -292,6 +293,24 @@ def test_figures_name_each_temperature() -> None:
     labels = [b.label for b in curves.layout.updatemenus[0].buttons]
     assert len(labels) == len(set(labels)) == len(trials)
     assert "T1w_T2w_Sw kd full s0 τ=4" in labels
+
+
+def test_results_written_before_the_columns_existed_still_load(tmp_path: Path) -> None:
+    """Old trial files lack temperature, alpha and lr: they load as null, next to new files that
+    hold them, and a sweep that is one τ is not split into two conditions by the nulls."""
+    rows = [
+        _at(trial_row(perm=p, affinity=0.8 + 0.01 * i, val_acc=0.9 - 0.01 * i), 10.0)
+        for i, p in enumerate(perms(2))
+    ]
+    root = write_results(tmp_path / "old", rows)
+    old_file = sorted((root / "trials.parquet").glob("*.parquet"))[0]
+    table = pq.read_table(old_file)
+    pq.write_table(table.drop_columns(["temperature", "alpha", "lr"]), old_file)
+    trials = load_results(root).trials
+    assert trials["temperature"].isna().sum() == 1 and (trials["temperature"] == 10.0).sum() == 7
+    parts = A.claim_parts(trials)
+    c6 = parts[(parts["claim"] == "C6") & (parts["role"] == "primary")].iloc[0]
+    assert c6["strata"] == "dataset × architectures × k" and c6["n"] == 8
 
 
 # --- end to end: a sweep over two temperatures, from the CLI ----------------------------------
