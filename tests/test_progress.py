@@ -89,9 +89,9 @@ def test_runs_are_named_by_what_they_train():
         "synthetic S_w seed 0 (2 students)",
         "synthetic S_s seed 0 (2 students)",
     ]
-    # One student per run: the run is named by the student's own grid point.
-    alone = run_labels("group", _items("group", trials_per_run=1, seeds=[3]))
-    assert "synthetic T1s_Sw kd full seed 3" in alone.values() and len(set(alone.values())) == 4
+    # One student per run: the run is named by the student's trial id, its whole grid point.
+    alone = run_labels("group", _items("group", trials_per_run=1, seeds=[3], temperatures=[4, 10]))
+    assert "synthetic-T1s_Sw-kd-full-tau4-s3" in alone.values() and len(set(alone.values())) == 8
 
 
 def test_a_stream_cut_into_several_runs_gets_unique_names():

@@ -69,13 +69,14 @@ def run_key(stage: str, config: dict[str, Any]) -> str:
 
 def run_label(stage: str, item: dict[str, Any]) -> str:
     """What a run trains, in words: ``teacher T1s digits seed 0``,
-    ``digits S_s seed 0 (8 students)``, or a lone student's own grid point."""
+    ``digits S_s seed 0 (8 students)``, or a lone student's trial id (which names its whole grid
+    point, swept τ, α or lr included)."""
     if stage == "teacher":
         return f"teacher {item['name']} {item['dataset']} seed {item['seed']}"
     members = item["trials"]
     first = members[0]
     if len(members) == 1:
-        return f"{first['dataset']} {first['perm']} {first['loss']} {first['view']} seed {first['seed']}"
+        return str(first["trial_id"])
     return f"{first['dataset']} S_{first['student_aug']} seed {first['seed']} ({len(members)} students)"
 
 
