@@ -67,3 +67,25 @@ def test_epoch_rows_carry_every_split_metric() -> None:
     pa.Table.from_pylist(rows, schema=EPOCHS)
     for metric in ("mi_mm", "agreement_probmean", "kl_probmean", "acc_ensemble"):
         assert metric in EPOCHS.names
+
+
+def test_a_table_of_old_and_new_trial_files_reads_with_nulls_for_the_new_columns(tmp_path) -> None:
+    # A sweep started before the KD-axis columns existed, resumed after: one file lacks them.
+    import pyarrow.parquet as pq
+
+    from kd_ray.results.store import ResultTables
+    from kd_ray.storage import Storage
+
+    tables = ResultTables(Storage.open(tmp_path))
+    row = trial_row(
+        TRIAL, teacher_arch="t", student_arch="s", report=_report(), status="ok", error=None, wall_s=2.0
+    )
+    tables.write("trials", "new", [{**row, "trial_id": "new"}])
+    old = pa.Table.from_pylist([{**row, "trial_id": "old"}], schema=TRIALS).drop_columns(
+        ["temperature", "alpha", "lr"]
+    )
+    pq.write_table(old, tmp_path / "trials.parquet" / "old.parquet")
+    trials = tables.read("trials").set_index("trial_id")
+    assert sorted(trials.index) == ["new", "old"]
+    assert trials.loc["new", "temperature"] == 4.0
+    assert trials.loc["old", ["temperature", "alpha", "lr"]].isna().all()

@@ -72,4 +72,5 @@ class ResultTables:
         if not names:
             return SCHEMAS[table].empty_table().to_pandas()
         parts = [pq.read_table(io.BytesIO(self.storage.read_bytes(f"{table}.parquet/{n}"))) for n in names]
-        return pa.concat_tables(parts).to_pandas()
+        # Files written before a column was added lack it: it reads as null (docs/results.md).
+        return pa.concat_tables(parts, promote_options="default").to_pandas()
