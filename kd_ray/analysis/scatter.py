@@ -4,7 +4,8 @@ Every point is one configuration labelled with its trial name (``T1s_T2w_Ss``), 
 over seeds with ±1 sd error bars. Fidelity, MI, KL, entropy and IoU come from the unprefixed
 trial columns, i.e. from the training stream: the paper plots them "during KD training".
 Main-text figures use 2-teacher, full-view trials as the paper does; Appendix E takes the ViT
-trials and Appendix F the 3-teacher ones.
+trials and Appendix F the 3-teacher ones. Where a sweep varies τ, α or lr, each value is its own
+series (``kd · τ=4``) with its own points: seeds are averaged within a value, never across.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kd_ray.analysis.aggregate import NoData, ok_trials, seed_means, series_names
+from kd_ray.analysis.kd_axes import varied_kd_axes
 
 AXIS_TITLES: dict[str, str] = {
     "val_acc": "student val accuracy",
@@ -50,9 +52,16 @@ def _select(trials: pd.DataFrame, *, n_teachers: int | None, vit: bool | None, w
 
 
 def _add_points(
-    fig: go.Figure, points: pd.DataFrame, x: str, y: str, row: int, col: int, legend: set[str]
+    fig: go.Figure,
+    points: pd.DataFrame,
+    x: str,
+    y: str,
+    row: int,
+    col: int,
+    legend: set[str],
+    kd_axes: list[str],
 ) -> None:
-    names = series_names(points)
+    names = series_names(points, kd_axes)
     for i, name in enumerate(dict.fromkeys(names)):
         sel = points[names == name].dropna(subset=[x, y])
         if sel.empty:
@@ -93,7 +102,8 @@ def scatter_grid(points: pd.DataFrame, panels: list[tuple[str, str]], title: str
     """Rows of (x, y) metric panels, one column per dataset, one trace per series.
 
     Args:
-        points: output of :func:`seed_means` holding every metric the panels name.
+        points: output of :func:`seed_means` holding every metric the panels name (and the
+            KD axes it varies, which name the series).
         panels: (x metric, y metric) per row.
         title: figure title, naming the paper item it reproduces.
     """
@@ -106,9 +116,11 @@ def scatter_grid(points: pd.DataFrame, panels: list[tuple[str, str]], title: str
         vertical_spacing=0.12 if len(panels) > 1 else 0.1,
     )
     legend: set[str] = set()
+    # Named over all panels, so a τ is in every point's series name once any dataset varies it.
+    kd_axes = varied_kd_axes(points)
     for r, (x, y) in enumerate(panels, start=1):
         for c, dataset in enumerate(datasets, start=1):
-            _add_points(fig, points[points["dataset"] == dataset], x, y, r, c, legend)
+            _add_points(fig, points[points["dataset"] == dataset], x, y, r, c, legend, kd_axes)
             fig.update_xaxes(title_text=AXIS_TITLES.get(x, x), row=r, col=c)
             if c == 1:
                 fig.update_yaxes(title_text=AXIS_TITLES.get(y, y), row=r, col=c)
