@@ -4,6 +4,12 @@ and process-tree clean-up that touches only the Ray processes a test started.
 Every Ray cluster a test starts lives under its own temporary directory (``RAY_TMPDIR``), so its
 processes can be found by that path and stopped by pid; ``ray stop`` would stop every Ray
 cluster on the machine, including ones this test did not start.
+
+Most of a CLI sweep's time in these tests is Ray start-up, so the sweeps that run to completion
+and test what a sweep computes, not the life of its cluster, join one shared cluster
+(:func:`shared_cluster`, through ``RAY_ADDRESS`` as under ``ray job submit``). Tests that kill a
+driver or its processes, press Ctrl-C, inspect listeners or credentials, or test the default
+private cluster itself start their own.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+RAY = str(Path(PYTHON).with_name("ray"))
 
 # 2 teachers (T1w, T1s), 4 student trials of 4 epochs: a few seconds of training per trial.
 TINY: dict[str, Any] = {
@@ -87,20 +96,75 @@ def kd_ray_cmd(*args: str) -> list[str]:
 
 
 def run_cli(
-    *args: str, timeout: float = 540, env: dict[str, str] | None = None
+    *args: str, timeout: float = 540, env: dict[str, str] | None = None, shared: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run ``kd-ray`` to completion in its own Ray temp dir, then make sure its cluster is gone."""
+    """Run ``kd-ray`` to completion, then make sure any cluster it started is gone.
+
+    By default it starts its own private cluster (in its own Ray temp dir); ``shared=True``
+    joins :func:`shared_cluster` instead.
+    """
     ray_tmp = ray_tmpdir()
+    env = dict(env or cli_env(ray_tmp))
+    if shared:
+        # The cluster is in single-machine mode (every service on 127.0.0.1); a driver outside
+        # it would resolve 127.0.0.1 to the machine's routable IP and never find its GCS.
+        env.update(shared_cluster_env())
     try:
         return subprocess.run(
-            kd_ray_cmd(*args),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-            env=env or cli_env(ray_tmp),
+            kd_ray_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
         )
     finally:
+        kill_processes_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_shared: dict[str, str] = {}
+
+
+def shared_cluster_env() -> dict[str, str]:
+    """What a driver needs to join this test process's shared Ray cluster (started on first use).
+
+    A head node of ``ray start`` on 127.0.0.1 with 2 CPUs and no dashboard, stopped by
+    :func:`stop_shared_cluster` at the end of the session (conftest). It runs in single-machine
+    mode (every service on 127.0.0.1; a driver outside it would otherwise resolve 127.0.0.1 to
+    the machine's routable IP and never find its GCS) with token auth and its own token.
+    """
+    if "address" not in _shared:
+        ray_tmp = ray_tmpdir()
+        port = free_port()
+        token = Path(ray_tmp) / "auth_token"
+        token.write_text(uuid.uuid4().hex)
+        join = {
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token),
+        }
+        env = {**cli_env(ray_tmp), **join}
+        cmd = [
+            RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+            "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2",
+            f"--temp-dir={ray_tmp}/ray", "--disable-usage-stats",
+        ]  # fmt: skip
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        if started.returncode != 0:
+            kill_processes_under(ray_tmp)
+            raise RuntimeError(f"the shared Ray cluster did not start:\n{started.stdout}{started.stderr}")
+        _shared.update(tmp=ray_tmp, address=f"127.0.0.1:{port}", **join)
+    return {"RAY_ADDRESS": _shared["address"], **{k: v for k, v in _shared.items() if k.startswith("RAY_")}}
+
+
+def stop_shared_cluster() -> None:
+    """Stop the shared cluster, if this process started one (by its processes, not ``ray stop``)."""
+    ray_tmp = _shared.get("tmp")
+    _shared.clear()
+    if ray_tmp:
         kill_processes_under(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -217,7 +281,7 @@ def uninterrupted_run() -> Path:
     """
     root = Path(tempfile.mkdtemp(prefix="kd_ref_"))
     config = write_config(root)
-    done = run_cli("sweep", str(config), "--results", f"file://{root / 'results'}", "-q")
+    done = run_cli("sweep", str(config), "--results", f"file://{root / 'results'}", "-q", shared=True)
     (root / "reference.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root / "results"

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 def _sweep(config: Path, results: Path, *extra: str):
-    return run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", *extra, timeout=300)
+    return run_cli(
+        "sweep", str(config), "--results", str(results), "--no-report", "-q", *extra, timeout=300, shared=True
+    )
 
 
 def test_malformed_yaml(tmp_path):

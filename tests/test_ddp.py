@@ -27,7 +27,7 @@ def test_two_workers_report_the_same_metrics_as_one(tmp_path) -> None:
         tmp_path,
         {"grid": {"permutations": ["T1s_Ss"]}, "resources": {"num_workers": 2, "cpus_per_worker": 0.95}},
     )
-    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q")
+    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", shared=True)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "teachers trained 0, reused 1" in done.stdout
 

@@ -113,7 +113,7 @@ def test_diverging_trials_are_recorded_and_the_sweep_exits_1(tmp_path):
     )
     results = tmp_path / "results"
     copy_teachers(uninterrupted_run(), results)  # the teacher's own lr is sane: reuse it
-    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q")
+    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", shared=True)
     assert done.returncode == 1, (done.stdout + done.stderr)[-4000:]
     assert "2 trial(s) failed" in done.stderr
     assert "0 trial(s) ok, 2 failed" in done.stdout
@@ -134,7 +134,7 @@ def test_a_failed_teachers_own_reason_reaches_the_tables_and_the_summary(tmp_pat
         tmp_path, {"grid": {"permutations": ["T1w_Sw"]}, "teacher": {"train": {"lr": 1.0e12}}}
     )
     results = tmp_path / "results"
-    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q")
+    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", shared=True)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-4000:]
     assert "teachers trained 0, reused 0" in done.stdout, output[-4000:]

@@ -38,7 +38,9 @@ def test_results_directory_removed_mid_run(tmp_path):
     assert rc == 2, output[-4000:]
     # What the driver printed (Ray's actors' own output, "(Name pid=N) ...", is theirs): one
     # error line, the last, naming the path that went away.
-    driver = [line for line in output.splitlines() if line.strip() and not re.search(r"\(\w+ pid=\d+\)", line)]
+    driver = [
+        line for line in output.splitlines() if line.strip() and not re.search(r"\(\w+ pid=\d+\)", line)
+    ]
     errors = [line for line in driver if line.startswith("kd-ray: error: ")]
     assert len(errors) == 1 and driver[-1] == errors[0], output[-4000:]
     assert errors[0].startswith("kd-ray: error: results: cannot ") and str(results / "tiny") in errors[0]

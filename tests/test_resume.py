@@ -136,7 +136,9 @@ def test_resume_after_driver_sigkill_matches_uninterrupted_run(killed, tmp_path)
     assert len(teachers_before) == 2
     kept = {name: data for name, data in owner_files(sweep, "trials").items() if Path(name).stem in finished}
 
-    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume")
+    done = run_cli(
+        "sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume", shared=True
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert f"({len(finished)} already finished)" in done.stdout
@@ -200,7 +202,7 @@ def test_a_stale_checkpoint_is_not_restored_after_the_config_changed(killed, tmp
             "grid": {"permutations": [_perm(t) for t in running]},
         },
     )
-    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q")
+    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", shared=True)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     for trial_id in running:
@@ -235,7 +237,9 @@ def test_corrupt_checkpoints_fall_back_and_incomplete_rows_are_repaired(killed, 
     os.utime(orphan, (an_hour_ago, an_hour_ago))
 
     config = write_config(tmp_path, {"resources": {"max_concurrent_trials": 1, "trials_per_run": 1}})
-    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume")
+    done = run_cli(
+        "sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume", shared=True
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert "checkpoint_manager_snapshot.json is unreadable" in output, output[-4000:]
@@ -266,7 +270,9 @@ def test_resume_refuses_to_change_numerics_under_unfinished_trials(killed, tmp_p
     results = _copy(killed, tmp_path)
     before = owner_files(results / "tiny", "trials")
     config = write_config(tmp_path, {**ONE_AT_A_TIME, "runtime": {"channels_last": True}})
-    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume")
+    done = run_cli(
+        "sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume", shared=True
+    )
     assert done.returncode == 2, (done.stdout + done.stderr)[-4000:]
     line = user_error_line(done.stderr)
     assert "runtime.channels_last" in line and "would mix two numerics" in line
