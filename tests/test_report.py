@@ -37,6 +37,13 @@ def test_claims_table_comes_first(demo_page: tuple[Path, str]) -> None:
     assert "verdict-supported" in page
 
 
+def test_method_says_each_kd_value_is_its_own_condition(demo_page: tuple[Path, str]) -> None:
+    _, page = demo_page
+    method = page[page.index("<h2>Claims check</h2>") : page.index('id="claims"')]
+    assert "each value is its own condition" in method
+    assert "paired claims are tested within each value" in method
+
+
 def test_sections_with_data_and_reasons_for_the_rest(demo_page: tuple[Path, str]) -> None:
     _, page = demo_page
     drawn = set(re.findall(r'data-figure="([^"]+)"', page))
