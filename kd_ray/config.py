@@ -260,6 +260,84 @@ class FailureConfig(_Strict):
     )
 
 
+class MlflowTrackerConfig(_Strict):
+    """MLflow: one run per student trial and per teacher, in one experiment (docs/trackers.md)."""
+
+    uri: str | None = Field(
+        None,
+        description="tracking URI: a directory or file:// (a file store), sqlite:///..., http(s)://SERVER; "
+        "default: RESULTS/NAME/mlruns",
+    )
+    experiment: str | None = Field(None, description="experiment name; default: the sweep's name")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        # The config is saved and travels into Tune's params: no secret in it.
+        from kd_ray.storage import has_credentials
+
+        if v is not None and has_credentials(v):
+            raise ValueError(
+                "credentials in the tracking URI would be saved with the config; give them to MLflow "
+                "through MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+            )
+        return v
+
+
+class TensorBoardTrackerConfig(_Strict):
+    """TensorBoard: event files of one run per student trial and per teacher (docs/trackers.md)."""
+
+    logdir: str | None = Field(
+        None, description="local directory of the runs; default: RESULTS/NAME/tensorboard"
+    )
+
+
+class WandbTrackerConfig(_Strict):
+    """Weights & Biases: one run per student trial and per teacher (docs/trackers.md)."""
+
+    project: str | None = Field(None, description="W&B project; default: the sweep's name")
+    entity: str | None = Field(None, description="W&B team or user; default: W&B's own default")
+    mode: Literal["online", "offline"] | None = Field(
+        None, description="online, or offline (sync later with `wandb sync`); default: W&B's (WANDB_MODE)"
+    )
+    dir: str | None = Field(None, description="local directory of W&B's files; default: RESULTS/NAME")
+
+
+# Tracker name (CLI --tracker, config key) -> the extra that installs its package.
+TRACKER_NAMES: tuple[str, ...] = ("mlflow", "tensorboard", "wandb")
+
+
+class TrackersConfig(_Strict):
+    """Experiment trackers the driver logs every trial and teacher to (docs/trackers.md).
+
+    A tracker is on when its section is present (``trackers: {mlflow: {}}``); a list of names
+    (``trackers: [mlflow, tensorboard]``) turns them on with their defaults. The Parquet tables
+    stay the record of a sweep: a tracker that fails is switched off with one warning.
+    """
+
+    mlflow: MlflowTrackerConfig | None = None
+    tensorboard: TensorBoardTrackerConfig | None = None
+    wandb: WandbTrackerConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, data: Any) -> Any:
+        if isinstance(data, list | tuple):
+            unknown = [n for n in data if n not in TRACKER_NAMES]
+            if unknown:
+                raise ValueError(f"unknown tracker {unknown[0]!r}; known: {', '.join(TRACKER_NAMES)}")
+            return dict.fromkeys(data, {})
+        return data
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(n for n in TRACKER_NAMES if getattr(self, n) is not None)
+
+    @model_serializer(mode="wrap")
+    def _omit_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class SweepConfig(_Strict):
     """A whole sweep, as written in ``experiments/NAME.yaml``."""
 
@@ -276,6 +354,9 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     failure: FailureConfig = FailureConfig()
+    trackers: TrackersConfig | None = Field(
+        None, description="experiment trackers (MLflow, TensorBoard, W&B); default: none (docs/trackers.md)"
+    )
     results: str = Field(
         "results",
         description="results directory or URI (overridden by --results); credentials in it "
@@ -288,6 +369,15 @@ class SweepConfig(_Strict):
         from kd_ray.storage import redact
 
         return redact(v)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_trackers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # No trackers is dumped as nothing, not as null: the saved config.yaml of a sweep without
+        # them stays as it was before trackers existed.
+        data = handler(self)
+        if data.get("trackers") is None:
+            data.pop("trackers", None)
+        return data
 
     @field_validator("name")
     @classmethod
