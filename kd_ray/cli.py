@@ -53,7 +53,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from kd_ray.overrides import load_config_with_overrides
     from kd_ray.plan import plan_sweep
 
-    cfg = load_config_with_overrides(args.config, args.overrides)
+    cfg = with_trackers(load_config_with_overrides(args.config, args.overrides), args.trackers)
     plan = plan_sweep(cfg)
     if args.dry_run:
         _print_plan(cfg, plan)
@@ -64,11 +64,13 @@ def _sweep(args: argparse.Namespace) -> int:
     import os
 
     from kd_ray.orchestration.preflight import check_ray_address
+    from kd_ray.trackers import check_trackers
 
+    results = args.results or cfg.results
+    check_trackers(cfg, results)  # a tracker's package missing: one line naming the extra
     check_ray_address(os.environ.get("RAY_ADDRESS"))  # in seconds, before anything is written
     from kd_ray.orchestration.sweep import run_sweep
 
-    results = args.results or cfg.results
     if os.environ.get("RAY_ADDRESS"):
         from kd_ray.errors import ClusterError
         from kd_ray.storage import JOINED_CLUSTER_CREDENTIALS, has_credentials
@@ -95,6 +97,27 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_trackers(cfg, names: Sequence[str]):
+    """``cfg`` with the trackers ``--tracker`` names turned on (a configured one keeps its settings)."""
+    if not names:
+        return cfg
+    from kd_ray.config import (
+        MlflowTrackerConfig,
+        TensorBoardTrackerConfig,
+        TrackersConfig,
+        WandbTrackerConfig,
+    )
+
+    defaults = {
+        "mlflow": MlflowTrackerConfig,
+        "tensorboard": TensorBoardTrackerConfig,
+        "wandb": WandbTrackerConfig,
+    }
+    trackers = cfg.trackers or TrackersConfig()
+    on = {n: defaults[n]() for n in names if getattr(trackers, n) is None}
+    return cfg.model_copy(update={"trackers": trackers.model_copy(update=on)})
+
+
 def _status(args: argparse.Namespace) -> int:
     from kd_ray.status import format_status, sweep_status
 
@@ -110,6 +133,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kd_ray.config import TRACKER_NAMES
+
     parser = argparse.ArgumentParser(
         prog="kd-ray", description="Ensemble knowledge-distillation sweeps on Ray."
     )
@@ -133,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set student.train.lr=0.05 --set 'grid.seeds=[0,1,2]' "
         "(repeatable; VALUE is YAML; validated like the file and saved in config.yaml)",
+    )
+    sweep.add_argument(
+        "--tracker",
+        dest="trackers",
+        action="append",
+        default=[],
+        choices=TRACKER_NAMES,
+        help="also log every trial and teacher to this experiment tracker (repeatable; its settings "
+        "and store location: the config's `trackers` section, else under RESULTS/NAME; docs/trackers.md)",
     )
     sweep.add_argument("--results", help="results directory or URI (default: the config's `results`)")
     sweep.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
@@ -162,6 +196,8 @@ def _resume_command(args: argparse.Namespace) -> str:
     words = ["kd-ray", "sweep", args.config]
     for override in args.overrides:  # the same effective config, or --resume refuses it
         words += ["--set", redact(override)]
+    for name in args.trackers:  # the tracker runs continue
+        words += ["--tracker", name]
     if args.results:
         words += ["--results", redact(args.results)]
     return " ".join(shlex.quote(w) for w in words) + " --resume"

@@ -13,7 +13,13 @@ drops stored rows of later epochs (a restart from an earlier checkpoint, or from
 recomputes them). Once every student of a group has its rows, the group's Train run directory
 (its training checkpoints) is deleted; each finished student's final weights stay on their own.
 
-:class:`TeacherOutcomes` keeps the reason each teacher run failed, as the worker gave it.
+Experiment trackers (:class:`kd_ray.trackers.Trackers`, docs/trackers.md) are fed from the same
+per-student rows, after the tables are written: one run per student trial, tagged with the
+sweep and the stream group. A tracker that fails is switched off with one warning; the tables
+never depend on it.
+
+:class:`TeacherOutcomes` keeps the reason each teacher run failed, as the worker gave it, and
+logs each teacher's epochs to the trackers.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from typing import Any
 import ray.tune
 
 from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY, delete_run, short_error
-from kd_ray.plan import StudentTrial
+from kd_ray.plan import StudentTrial, TeacherSpec
 from kd_ray.results.rows import calibration_rows, epoch_rows, trial_report, trial_row
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
+from kd_ray.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _TrialState:
     trial: StudentTrial
+    group: str = ""  # the stream group (Tune trial) that trains it
     started: float = field(default_factory=time.monotonic)
     epochs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
     last: dict[str, Any] | None = None
@@ -52,11 +60,20 @@ def _members(trial: Any) -> list[StudentTrial]:
 class ResultsCollector(ray.tune.Callback):
     """Writes every student trial's epochs, final row and calibration as they arrive."""
 
-    def __init__(self, sweep_uri: str, *, teacher_arch: str, student_arch: str, ece_bins: int) -> None:
+    def __init__(
+        self,
+        sweep_uri: str,
+        *,
+        teacher_arch: str,
+        student_arch: str,
+        ece_bins: int,
+        trackers: Trackers | None = None,
+    ) -> None:
         self.sweep_uri = sweep_uri
         self.teacher_arch = teacher_arch
         self.student_arch = student_arch
         self.ece_bins = ece_bins
+        self.trackers = trackers or Trackers([], sweep="")
         self._states: dict[str, _TrialState] = {}
         self._tables: ResultTables | None = None
 
@@ -68,15 +85,16 @@ class ResultsCollector(ray.tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into its experiment state; the live state stays behind.
-        return {**self.__dict__, "_states": {}, "_tables": None}
+        return {**self.__dict__, "_states": {}, "_tables": None, "trackers": None}
 
     def _states_of(self, trial: Any) -> list[_TrialState]:
         """The states of a Tune trial's students, loading rows a previous driver wrote."""
         states = []
+        group = str(trial.config["group"]["group_id"])
         for spec in _members(trial):
             state = self._states.get(spec.trial_id)
             if state is None:
-                state = _TrialState(spec)
+                state = _TrialState(spec, group)
                 previous = self.tables.read_owner("epochs", spec.trial_id)
                 for row in previous.to_dict("records"):
                     state.epochs[(int(row["epoch"]), row["split"])] = row
@@ -103,7 +121,10 @@ class ResultsCollector(ray.tune.Callback):
             for row in epoch_rows(state.trial.trial_id, own):
                 state.epochs[(row["epoch"], row["split"])] = row
             state.last = own
-            self.tables.write("epochs", state.trial.trial_id, sorted(state.epochs.values(), key=_epoch_order))
+            rows = sorted(state.epochs.values(), key=_epoch_order)
+            self.tables.write("epochs", state.trial.trial_id, rows)
+            # After the table: rows a previous driver wrote that a tracker lacks go too.
+            self.trackers.student_epochs(state.trial, state.group, rows)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for state in self._states_of(trial):
@@ -146,6 +167,8 @@ class ResultsCollector(ray.tune.Callback):
             ],
         )
         log.info("trial %s: %s%s", trial_id, status, f" ({state.error})" if state.error else "")
+        rows = sorted(state.epochs.values(), key=_epoch_order)
+        self.trackers.student_done(state.trial, state.group, status, state.error, rows)
         self._states.pop(trial_id, None)
 
 
@@ -178,15 +201,19 @@ def _trial_error(trial: Any) -> str:
 
 
 class TeacherOutcomes(ray.tune.Callback):
-    """How each teacher run of the teacher stage failed, in the worker's words (driver side)."""
+    """How each teacher run of the teacher stage failed, in the worker's words (driver side);
+    each reported epoch goes to the trackers (the run ends with the teacher's row, in the sweep)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trackers: Trackers | None = None) -> None:
         self.errors: dict[str, str] = {}
+        self.trackers = trackers or Trackers([], sweep="")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "errors": {}}
+        return {**self.__dict__, "errors": {}, "trackers": None}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "epoch" in result:
+            self.trackers.teacher_epoch(TeacherSpec(**trial.config["teacher"]), result)
         status = result.get(STATUS_KEY)
         if status is not None and status != "ok":
             tid = trial.config["teacher"]["teacher_id"]

@@ -58,12 +58,13 @@ from kd_ray.plan import (
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import CREDENTIAL_ENV, JOINED_CLUSTER_CREDENTIALS, Storage
+from kd_ray.trackers import Trackers, check_trackers
 
 log = logging.getLogger(__name__)
 
 # Settings that may change between a sweep and its resume: they decide where and how fast
 # trials run, not what they compute.
-_RESUMABLE_CHANGES = ("resources", "runtime", "failure", "results")
+_RESUMABLE_CHANGES = ("resources", "runtime", "failure", "results", "trackers")
 
 
 @dataclass(frozen=True)
@@ -379,7 +380,13 @@ def _user_error(err: BaseException) -> KdRayError | None:
 
 
 def _train_teachers(
-    cfg, plan: SweepPlan, root: Storage, sweep: Storage, base: dict, verbose: int
+    cfg,
+    plan: SweepPlan,
+    root: Storage,
+    sweep: Storage,
+    base: dict,
+    verbose: int,
+    trackers: Trackers | None = None,
 ) -> tuple[int, int, dict[str, str]]:
     """Train the teachers not yet in the store: (trained, reused, reason per failed teacher).
 
@@ -390,6 +397,7 @@ def _train_teachers(
     store = TeacherStore.under(root)
     missing = [t for t in plan.teachers if not store.has(t.teacher_id)]
     reasons: dict[str, str] = {}
+    trackers = trackers or Trackers([], sweep=cfg.name)
 
     def train(ids: list[str]) -> None:
         _init_ray(cfg)
@@ -399,7 +407,7 @@ def _train_teachers(
         log.info(
             "training %d teacher(s); %d found already trained", len(ids), len(plan.teachers) - len(missing)
         )
-        outcomes = TeacherOutcomes()
+        outcomes = TeacherOutcomes(trackers)
         items = [plan.teacher(tid).__dict__ for tid in ids]
         _tune(
             cfg,
@@ -435,19 +443,15 @@ def _train_teachers(
                 spec.teacher_id, "teacher training did not finish (see the Ray logs of its trial)"
             )
             log.warning("teacher %s: failed (%s)", spec.teacher_id, error)
-        tables.write(
-            "teachers",
-            spec.teacher_id,
-            [
-                teacher_row(
-                    spec,
-                    info=info,
-                    status="ok" if ok else "failed",
-                    error=error,
-                    checkpoint=store.weights_path(spec.teacher_id),
-                )
-            ],
+        row = teacher_row(
+            spec,
+            info=info,
+            status="ok" if ok else "failed",
+            error=error,
+            checkpoint=store.weights_path(spec.teacher_id),
         )
+        tables.write("teachers", spec.teacher_id, [row])
+        trackers.teacher_done(spec, row)  # after the table; a failing tracker only warns
     return trained, reused, reasons
 
 
@@ -628,18 +632,28 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
     interrupted: a second driver of the same sweep refuses with one line, before Ray starts.
     """
     plan = plan_sweep(cfg)
+    check_trackers(cfg, results)
     check_datasets(cfg)
     check_local_resources(cfg, trial_cpu=_TRIAL_FN_CPU)
     root, sweep = prepare_results(cfg, results, resume=resume)
     lease = sweep_lease(root, cfg.name)  # a second driver of this sweep refuses here, before Ray
+    trackers = Trackers.from_config(cfg, sweep)  # contacts nothing until its first run
     try:
-        return _run_sweep(cfg, plan, root, sweep, resume=resume, verbose=verbose)
+        return _run_sweep(cfg, plan, root, sweep, resume=resume, verbose=verbose, trackers=trackers)
     finally:
+        trackers.close()
         lease.release()
 
 
 def _run_sweep(
-    cfg: SweepConfig, plan: SweepPlan, root: Storage, sweep: Storage, *, resume: bool, verbose: int
+    cfg: SweepConfig,
+    plan: SweepPlan,
+    root: Storage,
+    sweep: Storage,
+    *,
+    resume: bool,
+    verbose: int,
+    trackers: Trackers,
 ) -> SweepOutcome:
     tables = ResultTables(sweep)
     finished, scratch = _finished_trials(tables, cfg) if resume else (set(), set())
@@ -653,7 +667,7 @@ def _run_sweep(
     sweep.write_bytes("config.yaml", dump_config(cfg).encode())
 
     base = {"sweep": cfg.model_dump(mode="json"), "teacher_store": store.storage.uri}
-    trained, reused, teacher_errors = _train_teachers(cfg, plan, root, sweep, base, verbose)
+    trained, reused, teacher_errors = _train_teachers(cfg, plan, root, sweep, base, verbose, trackers)
 
     runnable: list[StudentTrial] = []
     for trial in todo:
@@ -672,6 +686,7 @@ def _run_sweep(
             teacher_arch=cfg.teacher.arch,
             student_arch=cfg.student.arch,
             ece_bins=cfg.metrics.ece_bins,
+            trackers=trackers,
         )
         items = _group_items(sweep, runnable, scratch, cfg.resources.trials_per_run)
         log.info("%d student trial(s) in %d run(s) that share data streams", len(runnable), len(items))
