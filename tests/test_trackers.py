@@ -530,6 +530,7 @@ def test_wandb_offline_runs_hold_the_grid_point_group_and_every_epoch(tmp_path, 
         assert run.project == "tiny" and run.run_group == GROUP and run.job_type == "student"
         assert list(run.tags) == ["tiny"]
         assert config["perm"] == trial.perm and config["loss"] == trial.loss and config["k"] == 1
+        assert config["temperature"] == 10.0 and config["sweep"] == "tiny" and config["group"] == GROUP
         assert [h["epoch"] for h in history] == [1, 2]
         assert [h["val/acc"] for h in history] == [_value(e, i, "val", "acc") for e in (1, 2)]
 

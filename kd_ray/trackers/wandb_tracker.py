@@ -57,7 +57,7 @@ class WandbBackend:
             group=run.group,
             job_type=run.role,
             tags=[run.tags[TAG_SWEEP]],
-            config={**run.params, **run.tags},
+            config={**run.params, "sweep": run.tags[TAG_SWEEP], "role": run.role},
             resume="allow",
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off", save_code=False),
