@@ -303,7 +303,8 @@ class WandbTrackerConfig(_Strict):
     dir: str | None = Field(None, description="local directory of W&B's files; default: RESULTS/NAME")
 
 
-# Tracker name (CLI --tracker, config key) -> the extra that installs its package.
+# The trackers a sweep can log to: keys of `trackers`, values of `kd-ray sweep --tracker`, and
+# the names of the extras that install them (kd_ray.trackers.PACKAGES).
 TRACKER_NAMES: tuple[str, ...] = ("mlflow", "tensorboard", "wandb")
 
 
