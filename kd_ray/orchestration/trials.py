@@ -141,6 +141,9 @@ def _fit(worker, name: str, loop_config: dict[str, Any], num_workers: int) -> di
             failure_config=ray.train.FailureConfig(max_failures=cfg.failure.worker_max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
+            # Ray Train's INFO lines (each report's whole metrics dict, worker-group start-up)
+            # drown the sweep's own progress; its warnings and errors still show.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     try:

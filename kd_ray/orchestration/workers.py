@@ -21,7 +21,7 @@ import posixpath
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray.train
@@ -29,6 +29,7 @@ import ray.train.torch
 import torch
 
 from kd_ray.config import SweepConfig, parse_config
+from kd_ray.distributed import sync_batchnorm
 from kd_ray.errors import CheckpointError
 from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.plan import (
@@ -67,9 +68,15 @@ def _setup(cfg: SweepConfig) -> tuple[Runtime, int, int]:
     return Runtime.from_config(cfg.runtime, device), ctx.get_world_rank(), ctx.get_world_size()
 
 
-def _wrap(model: torch.nn.Module) -> torch.nn.Module:
-    # Sharding is ours (kd_ray.data.streams), so only the model goes through Ray's prepare.
-    return ray.train.torch.prepare_model(model, move_to_device=False)
+def _wrapper(runtime: Runtime, world_size: int) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """How each model of this worker is wrapped for DDP (kd_ray.distributed: SyncBatchNorm)."""
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        model = sync_batchnorm(model, runtime.device, world_size)
+        # Sharding is ours (kd_ray.data.streams), so only the model goes through Ray's prepare.
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    return wrap
 
 
 Fingerprints = dict[str, dict[str, Any]]
@@ -216,7 +223,14 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
         )
         teachers[tid] = store.load_into(model, plan.teacher(tid))
     run = DistillationRun(
-        cfg, trials, datasets, teachers, runtime, rank=rank, world_size=world_size, wrap=_wrap
+        cfg,
+        trials,
+        datasets,
+        teachers,
+        runtime,
+        rank=rank,
+        world_size=world_size,
+        wrap=_wrapper(runtime, world_size),
     )
     fingerprints = student_fingerprints(cfg, trials)
     start, last = _restore(run, config, fingerprints, [t.trial_id for t in trials])
@@ -264,7 +278,9 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
     runtime, rank, world_size = _setup(cfg)
     dcfg = dataset_config(cfg, spec.dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
-    run = TeacherRun(cfg, spec, datasets, runtime, rank=rank, world_size=world_size, wrap=_wrap)
+    run = TeacherRun(
+        cfg, spec, datasets, runtime, rank=rank, world_size=world_size, wrap=_wrapper(runtime, world_size)
+    )
     fingerprints = teacher_fingerprints(spec)
     start, last = _restore(run, config, fingerprints, [f"teacher {spec.teacher_id}"])
     report = last or {}
