@@ -109,7 +109,7 @@ def test_diverging_trials_are_recorded_and_the_sweep_exits_1(tmp_path):
     # The student's lr diverges; the teacher trains with its own, sane lr.
     config = write_config(
         tmp_path,
-        {"grid": {"permutations": ["T1w_Sw", "T1w_Ss"]}, "student": {"train": {"lr": 1.0e6}}},
+        {"grid": {"permutations": ["T1w_Sw", "T1s_Sw"]}, "student": {"train": {"lr": 1.0e6}}},
     )
     results = tmp_path / "results"
     copy_teachers(uninterrupted_run(), results)  # the teacher's own lr is sane: reuse it
@@ -122,8 +122,8 @@ def test_diverging_trials_are_recorded_and_the_sweep_exits_1(tmp_path):
     assert sorted(trials["status"]) == ["failed", "failed"]
     assert trials["error"].str.contains("diverged at epoch").all(), trials["error"].tolist()
     teachers = table(results / "tiny", "teachers")
-    assert teachers["status"].tolist() == ["ok"]
-    assert math.isfinite(teachers["val_acc"].iloc[0])
+    assert teachers["status"].tolist() == ["ok", "ok"]
+    assert teachers["val_acc"].map(math.isfinite).all()
 
 
 def test_a_failed_teachers_own_reason_reaches_the_tables_and_the_summary(tmp_path):

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from _analysis_fixtures import perms, trial_row, write_results
-from _sweep_helpers import TINY, merged, run_cli, write_config
+from _sweep_helpers import TINY, copy_teachers, merged, run_cli, uninterrupted_run, write_config
 from scipy import stats as sps
 
 from kd_ray import analysis as A
@@ -340,7 +340,8 @@ def test_cli_sweep_over_two_temperatures_writes_both_and_stratifies_claims_by_ta
             "grid": {"permutations": ["T1w_Sw"], "temperatures": [4, 10]},
         },
     )
-    done = run_cli("sweep", str(config), "--results", str(tmp_path / "results"), "-q")
+    copy_teachers(uninterrupted_run(), tmp_path / "results")  # the same teacher: found by its hash
+    done = run_cli("sweep", str(config), "--results", str(tmp_path / "results"), "-q", shared=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     sweep = tmp_path / "results" / "tau"
     results = load_results(sweep)

@@ -25,12 +25,14 @@ import pytest
 from _sweep_helpers import (
     REPO,
     cli_env,
+    copy_teachers,
     kd_ray_cmd,
     kill_processes_under,
     kill_tree,
     ray_tmpdir,
     start_cli,
     table,
+    uninterrupted_run,
     user_error_line,
     wait_for,
     write_config,
@@ -357,6 +359,7 @@ def test_dry_run_takes_no_lease(tmp_path, capsys):
 def test_a_second_driver_of_a_running_sweep_refuses_with_one_line(tmp_path):
     config = write_config(tmp_path, {"grid": {"permutations": ["T1w_Sw"]}})  # 1 teacher, 1 trial
     results = tmp_path / "results"
+    copy_teachers(uninterrupted_run(), results)  # only the student run: the lease is what is tested
     first_tmp, second_tmp = ray_tmpdir(), ray_tmpdir()
     log = tmp_path / "first.log"
     first = start_cli(

@@ -282,7 +282,7 @@ def test_sweep_shows_readable_runs_and_saves_and_resumes_its_overrides(tmp_path)
     copy_teachers(uninterrupted_run(), results)
     config = write_config(tmp_path, {"grid": {"permutations": ["T1w_Sw", "T1s_Sw"]}})
     overrides = ("--set", "student.train.epochs=2", "--set", "student.train.lr=0.04")
-    done = run_cli("sweep", str(config), *overrides, "--results", str(results), "--no-report")
+    done = run_cli("sweep", str(config), *overrides, "--results", str(results), "--no-report", shared=True)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     # The table names the run by what it trains and shows its epoch and mean val accuracy.

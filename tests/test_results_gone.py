@@ -11,7 +11,15 @@ import re
 import shutil
 
 import pytest
-from _sweep_helpers import kill_tree, ray_tmpdir, start_cli, wait_for, write_config
+from _sweep_helpers import (
+    copy_teachers,
+    kill_tree,
+    ray_tmpdir,
+    start_cli,
+    uninterrupted_run,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -21,6 +29,7 @@ def test_results_directory_removed_mid_run(tmp_path):
         tmp_path, {"grid": {"permutations": ["T1w_Sw"]}, "student": {"train": {"epochs": 40}}}
     )
     results = tmp_path / "results"
+    copy_teachers(uninterrupted_run(), results)  # straight to the student run, whose rows vanish
     ray_tmp = ray_tmpdir()
     log = tmp_path / "sweep.log"
     proc = start_cli(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from _sweep_cli import REPO, run_cli, write_config
+from _sweep_helpers import REPO, run_cli
 
 from kd_ray.metrics.names import SPLITS
 from kd_ray.results.schema import SCHEMAS
@@ -24,7 +24,8 @@ def demo_run(tmp_path_factory) -> tuple[Path, object]:
     config["name"] = "demo_e2e"
     config["teacher"]["train"]["epochs"] = 1
     config["student"]["train"]["epochs"] = 2
-    path = write_config(tmp / "demo_e2e.yaml", config)
+    path = tmp / "demo_e2e.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = run_cli("sweep", str(path), "--results", str(tmp / "results"), "--quiet")
     return tmp / "results" / "demo_e2e", proc
 
