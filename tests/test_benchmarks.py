@@ -142,3 +142,69 @@ def test_kd_throughput_refuses_an_unknown_config() -> None:
         kd_throughput.parse_args(["--configs", "fp16"])
     assert kd_throughput.parse_args(["--configs", "bf16+cl,fp32"]).configs == ["fp32", "bf16+cl"]
     assert kd_throughput.parse_args([]).configs == ["fp32", "cl", "bf16", "bf16+cl"]
+
+
+# --- benchmarks/run_all.py (issue 10, item 6) ------------------------------------------------------
+
+RUN_ALL = REPO / "benchmarks" / "run_all.py"
+
+
+def test_run_all_quick_writes_every_section_with_its_ratio_command_and_machine(tmp_path: Path) -> None:
+    """``--quick`` never starts Ray (this stays a fast test): every section is there with a ratio
+    line (the orchestration ratio says it was not measured), the commands and the machine."""
+    output = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, str(RUN_ALL), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = output.read_text()
+    titles = [
+        "## 1. Orchestration overhead",
+        "## 2. Cohort saving",
+        "## 3. In-training metric overhead",
+        "## 4. Data pipeline",
+        "## 5. Planner makespan",
+    ]
+    positions = [text.index(t) for t in titles]
+    assert positions == sorted(positions)
+    sections = dict(zip(titles, re.split(r"^## \d\. .*$", text, flags=re.M)[1:6], strict=True))
+    for title, body in sections.items():
+        assert "Measured by:" in body, title
+        assert re.search(r"^- \*\*ratio [^*]+\*\*: ", body, re.M), f"{title} has no ratio line"
+    measured = r"\*\*: [\d.]+×"
+    for title in titles[1:]:  # measured even in --quick
+        assert re.search(r"^- \*\*ratio [^*]+" + measured, sections[title], re.M), title
+    orchestration = sections[titles[0]]
+    assert "**ratio sweep / plain processes (target ≤ 1.5 on 2 cores)**: not measured" in orchestration
+    assert "| 1 | plain processes |" in orchestration  # the plain side did run
+    assert "kd-ray sweep experiments/cifar100.yaml --dry-run --gpus 8" in sections[titles[4]]
+    assert "kd-ray sweep experiments/imagenet.yaml --dry-run --gpus 64" in sections[titles[4]]
+    assert (
+        "teacher forwards per image, `trials_per_run: 1` / default groups, demo.yaml**: 4.00× (32 / 8)"
+        in text
+    )
+    assert re.search(r"kd_ray stream / reference PIL path, weak \(target ≥ 5×\)\*\*: [\d.]+×", text)
+    assert "Written by `python benchmarks/run_all.py --quick --output" in text
+    cpus = os.cpu_count()
+    assert re.search(rf"^- \*\*machine\*\*: {cpus} CPUs, .+torch [\d.]+.*ray [\d.]+", text, re.M)
+    assert re.search(r"^- \*\*load average \(1/5/15 min\) at start\*\*: [\d.]+ / ", text, re.M)
+    assert re.search(r"^- \*\*load average at end\*\*: [\d.]+ / ", text, re.M)
+    assert re.search(r"^- \*\*date\*\*: \d{4}-\d\d-\d\d \d\d:\d\d UTC", text, re.M)
+    assert "incomplete" not in text
+
+
+def test_run_all_refuses_unknown_sections() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    with pytest.raises(SystemExit):
+        run_all.parse_args(["--only", "gpu"])
+    args = run_all.parse_args(["--only", "data,planner", "--fixed-epochs", "1,3"])
+    assert args.only == ["data", "planner"] and args.fixed_epochs == (1, 3)
+    assert run_all.parse_args([]).only == list(run_all.SECTIONS)
