@@ -3,7 +3,7 @@
 Three ``ray start`` processes on this machine, all on 127.0.0.1 (every Ray service listens on
 loopback only), each with its own temp dir and ports: a head with no CPUs (Ray's advice for a
 cluster's head: it runs the GCS, the job server and the job's driver) and two worker nodes of
-1 CPU each. Token authentication is on, as in ``test_job_submit``. The tiny sweep (teachers
+1 CPU each. Token authentication is on: the job API refuses a request without the token. The tiny sweep (teachers
 copied from the reference run, so only the student stage runs) is submitted with ``ray job
 submit``; its results live on a local path, which every node sees (one machine). Each of its two
 stream groups needs 0.95 CPU for its one Train worker, so each worker node trains one group,
@@ -16,11 +16,16 @@ from its epoch checkpoint, and every trial's final metrics and per-epoch rows mu
 uninterrupted run's. The lost node ran a group's Tune function and so its Train controller,
 which Ray Train cannot restart: the default ``failure.trial_max_failures: 1`` has Tune re-run
 that trial, which resumes from its epoch checkpoint.
+
+The same cluster also shows what ``ray job submit`` exposes: every listening socket of every
+node's processes (GCS, dashboard and job API, raylets, agents, the job's driver, the Train
+workers with torch.distributed's own store) is on loopback, sampled while the job runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -28,6 +33,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -231,9 +237,30 @@ def reference():
     return uninterrupted_run()
 
 
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _listeners(marker: str) -> set[tuple[int, str, str, int]]:
+    """(pid, command, address, port) of every listening socket of one node's processes (found
+    by its temp dir) and all their descendants: services, job driver, workers."""
+    found = set()
+    for proc in processes_under(marker):
+        try:
+            name = " ".join(proc.cmdline())[:60]
+            for c in proc.net_connections("tcp"):
+                if c.status == psutil.CONN_LISTEN:
+                    found.add((proc.pid, name, c.laddr.ip, c.laddr.port))
+        except psutil.Error:
+            continue
+    return found
+
+
 def test_sweep_survives_losing_a_worker_node(tmp_path, reference, cluster):
     address, env, tmps = cluster
     token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    with pytest.raises(urllib.error.HTTPError) as denied:  # the job API wants the token
+        loopback_urlopen(f"{address}/api/jobs/", timeout=30)
+    assert denied.value.code == 401
     results = tmp_path / "results"
     copy_teachers(reference, results)  # teachers found by content hash: only the student stage runs
     # TINY as the reference ran it, with the default failure settings. Train's poll interval at
@@ -272,7 +299,13 @@ def test_sweep_survives_losing_a_worker_node(tmp_path, reference, cluster):
     # so each worker node trains one group.
     workers = [name for name in tmps if name != "head"]
     deadline, victim, status, seen, next_log = t0 + 420, None, "", None, 0.0
-    while time.monotonic() < deadline:
+    listeners: set[tuple[int, str, str, int]] = set()
+    for rounds in itertools.count():
+        if time.monotonic() >= deadline:
+            break
+        if rounds % 3 == 0:  # every listener while the job runs, DDP's own included
+            for tmp in tmps.values():
+                listeners |= _listeners(tmp)
         status = _job_status(address, token, job_id)
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
@@ -317,6 +350,15 @@ def test_sweep_survives_losing_a_worker_node(tmp_path, reference, cluster):
         raise NodeLossNotSurvived(f"job {status} after losing {victim}\n{story}\n{_gist(output)}")
     # The group the node trained continued from its last epoch checkpoint, on the other node.
     assert re.search(r": resuming from its epoch [1-9]\d* checkpoint", output), _gist(output)
+
+    # Every listener of every node's processes stayed on loopback, the Train workers' too.
+    exposed = sorted(entry for entry in listeners if entry[2] not in LOOPBACK)
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    ports: dict[int, set[int]] = {}
+    for pid, name, _, port in listeners:
+        if "RayTrainWorker" in name:
+            ports.setdefault(pid, set()).add(port)
+    assert ports and max(len(p) for p in ports.values()) >= 2, sorted(listeners)
 
     # Every trial's final metrics and per-epoch rows equal the uninterrupted run's.
     trials, epochs = table(sweep, "trials"), table(sweep, "epochs")
