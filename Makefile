@@ -27,8 +27,12 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# Unit tests first, in 2 processes (CPU-bound: pytest-xdist halves them on 2 cores), then the
+# end-to-end tests in one, which start Ray clusters and share one across the session. Each
+# invocation fails on pytest's exit 5 (no tests collected) like on any other non-zero status.
 test: $(VENV)/.installed browser
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow" -n 2
+	$(BIN)/pytest -m slow
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check kd_ray tests benchmarks
