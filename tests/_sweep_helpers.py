@@ -287,6 +287,27 @@ def uninterrupted_run() -> Path:
     return root / "results"
 
 
+@functools.cache
+def feature_sweep() -> tuple[Path, Path, subprocess.CompletedProcess, tuple[str, ...]]:
+    """One sweep shared by the end-to-end tests of user-facing features, per test process.
+
+    T1w_Sw at τ = 4 and 10 (a KD axis: two students in one stream group; one teacher, trained
+    here so the trackers see its epochs), 2 epochs and lr 0.04 given by ``--set``, MLflow and
+    TensorBoard on, the default (not quiet) progress output, and the report. Used by the τ-axis
+    (test_kd_axes), progress and ``--set`` (test_progress) and tracker (test_trackers) tests;
+    each checks its own part. Returns (config, results root, the CLI run, the CLI's options).
+    """
+    root = Path(tempfile.mkdtemp(prefix="kd_features_"))
+    config = write_config(root, {"grid": {"permutations": ["T1w_Sw"], "temperatures": [4, 10]}})
+    options = (
+        "--set", "student.train.epochs=2", "--set", "student.train.lr=0.04",
+        "--tracker", "mlflow", "--tracker", "tensorboard",
+    )  # fmt: skip
+    done = run_cli("sweep", str(config), *options, "--results", str(root / "results"), shared=True)
+    (root / "sweep.log").write_text(done.stdout + done.stderr)
+    return config, root / "results", done, options
+
+
 def user_error_line(stderr: str) -> str:
     """The CLI's one-line user error; asserts there is exactly one line and no traceback."""
     lines = [line for line in stderr.splitlines() if line.strip()]

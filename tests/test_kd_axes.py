@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from _analysis_fixtures import perms, trial_row, write_results
-from _sweep_helpers import TINY, copy_teachers, merged, run_cli, uninterrupted_run, write_config
+from _sweep_helpers import TINY, feature_sweep, merged
 from scipy import stats as sps
 
 from kd_ray import analysis as A
@@ -330,25 +330,17 @@ def test_results_written_before_the_columns_existed_still_load(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_cli_sweep_over_two_temperatures_writes_both_and_stratifies_claims_by_tau(tmp_path: Path) -> None:
-    """One permutation, one epoch, τ = 4 and 10: one teacher, two students in one run."""
-    config = write_config(
-        tmp_path,
-        {
-            "name": "tau",
-            "student": {"train": {"epochs": 1}},
-            "grid": {"permutations": ["T1w_Sw"], "temperatures": [4, 10]},
-        },
-    )
-    copy_teachers(uninterrupted_run(), tmp_path / "results")  # the same teacher: found by its hash
-    done = run_cli("sweep", str(config), "--results", str(tmp_path / "results"), "-q", shared=True)
+def test_cli_sweep_over_two_temperatures_writes_both_and_stratifies_claims_by_tau() -> None:
+    """One permutation at τ = 4 and 10 (the shared feature sweep): one teacher, two students in
+    one run, lr 0.04 from --set."""
+    _, results_root, done, _ = feature_sweep()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    sweep = tmp_path / "results" / "tau"
+    sweep = results_root / "tiny"
     results = load_results(sweep)
     trials = results.trials.set_index("trial_id").sort_values("temperature")
     assert list(trials.index) == ["synthetic-T1w_Sw-kd-full-tau4-s0", "synthetic-T1w_Sw-kd-full-tau10-s0"]
     assert trials["temperature"].tolist() == [4.0, 10.0] and set(trials["status"]) == {"ok"}
-    assert set(trials["alpha"]) == {0.2} and set(trials["lr"]) == {0.05}
+    assert set(trials["alpha"]) == {0.2} and set(trials["lr"]) == {0.04}
     assert trials["train_loss"].nunique() == 2  # each student trained at its own τ
     assert len(results.teachers) == 1  # τ does not touch the teachers
     # The claims check, as the report shows it and as a notebook computes it.

@@ -14,6 +14,7 @@ import importlib.util
 import io
 import logging
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,11 +22,10 @@ import pytest
 import yaml
 from _sweep_helpers import (
     TINY,
-    copy_teachers,
+    feature_sweep,
     run_cli,
     table,
     uninterrupted_run,
-    write_config,
 )
 
 from kd_ray.config import parse_config
@@ -276,13 +276,9 @@ def test_quiet_sweep_prints_plain_progress_lines():
 
 @pytest.mark.slow
 def test_sweep_shows_readable_runs_and_saves_and_resumes_its_overrides(tmp_path):
-    # The one sweep of this file: the reference's teachers (same content hash) are reused, so only
-    # the student stage runs: one stream group of two students, for 2 epochs given by --set.
-    results = tmp_path / "results"
-    copy_teachers(uninterrupted_run(), results)
-    config = write_config(tmp_path, {"grid": {"permutations": ["T1w_Sw", "T1s_Sw"]}})
-    overrides = ("--set", "student.train.epochs=2", "--set", "student.train.lr=0.04")
-    done = run_cli("sweep", str(config), *overrides, "--results", str(results), "--no-report", shared=True)
+    # The shared feature sweep, in its default (not quiet) output: one stream group of two
+    # students (τ = 4 and 10), for 2 epochs at lr 0.04 given by --set.
+    config, results, done, overrides = feature_sweep()
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     # The table names the run by what it trains and shows its epoch and mean val accuracy.
@@ -290,7 +286,7 @@ def test_sweep_shows_readable_runs_and_saves_and_resumes_its_overrides(tmp_path)
     row = re.search(r"^  synthetic S_w seed 0 \(2 students\)\s+done\s+2/2\s+(\d\.\d{3})$", done.stdout, re.M)
     assert row, done.stdout[-3000:]
     final = table(results / "tiny", "epochs").query("epoch == 2 and split == 'val'")["acc"].mean()
-    assert float(row.group(1)) == pytest.approx(final, abs=5e-4)
+    assert float(row.group(1)) == pytest.approx(final, abs=5e-4 + 1e-9)  # printed to 3 decimals
     assert "kd-ray: done: synthetic S_w seed 0 (2 students), epoch 2/2, mean val acc" in done.stdout
     # None of Tune's own table: no trainable_xxx names, no truncated dicts, no experiment box.
     assert not re.search(r"student_trial_[0-9a-f]{5}_\d{5}", output), output[-3000:]
@@ -302,7 +298,9 @@ def test_sweep_shows_readable_runs_and_saves_and_resumes_its_overrides(tmp_path)
     assert set(table(results / "tiny", "epochs")["epoch"]) == {1, 2}
 
     # --resume compares the saved config with the effective one: with the same --set, the finished
-    # sweep is kept (nothing left to run, so Ray does not start).
+    # sweep is kept (nothing left to run, so Ray does not start). On a copy: the sweep is shared.
+    results = tmp_path / "results"
+    shutil.copytree(feature_sweep()[1], results)
     again = run_cli("sweep", str(config), *overrides, "--results", str(results), "--resume", "--no-report")
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "2 trial(s) ok, 0 failed (2 already finished)" in again.stdout, again.stdout

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
-from _sweep_helpers import TINY, free_port, run_cli, user_error_line, write_config
+from _sweep_helpers import TINY, feature_sweep, free_port, user_error_line, write_config
 
 from kd_ray.cli import _resume_command, build_parser, main, with_trackers
 from kd_ray.config import TRACKER_NAMES, dump_config, load_config, parse_config
@@ -543,28 +543,23 @@ def test_wandb_offline_runs_hold_the_grid_point_group_and_every_epoch(tmp_path, 
 
 
 @pytest.mark.slow
-def test_cli_sweep_logs_students_and_teachers_to_mlflow_and_tensorboard(tmp_path, monkeypatch):
+def test_cli_sweep_logs_students_and_teachers_to_mlflow_and_tensorboard(monkeypatch):
     pytest.importorskip("mlflow", reason="MLflow is not installed (pip install 'kd_ray[mlflow]')")
     pytest.importorskip(
         "tensorboard", reason="TensorBoard is not installed (pip install 'kd_ray[tensorboard]')"
     )
-    # One permutation: one teacher (trained here, so it has an epoch history) and one student.
-    config = write_config(
-        tmp_path, {"student": {"train": {"epochs": 2}}, "grid": {"permutations": ["T1w_Sw"]}}
-    )
-    results = tmp_path / "results"
-    done = run_cli(
-        "sweep", str(config), "--results", str(results), "--tracker", "mlflow", "--tracker", "tensorboard",
-        "-q", "--no-report", shared=True,
-    )  # fmt: skip
+    # The shared feature sweep: one permutation at τ = 4 and 10 (two students), one teacher
+    # trained there (so it has an epoch history), --tracker mlflow --tracker tensorboard.
+    _, results, done, options = feature_sweep()
+    assert "--tracker" in options
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "tracker" not in done.stderr, done.stderr  # no tracker warning
     sweep_dir = results / "tiny"
     trials = pd.read_parquet(sweep_dir / "trials.parquet")
     teachers = pd.read_parquet(sweep_dir / "teachers.parquet")
     epochs = pd.read_parquet(sweep_dir / "epochs.parquet")
-    assert len(trials) == 1 and len(teachers) == 1
-    trial_id, teacher_id = trials.trial_id[0], teachers.teacher_id[0]
+    assert len(trials) == 2 and len(teachers) == 1
+    teacher_id = teachers.teacher_id[0]
     assert yaml.safe_load((sweep_dir / "config.yaml").read_text())["trackers"] == {
         "mlflow": {"uri": None, "experiment": None},
         "tensorboard": {"logdir": None},
@@ -573,20 +568,23 @@ def test_cli_sweep_logs_students_and_teachers_to_mlflow_and_tensorboard(tmp_path
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (sweep_dir / "mlruns").as_uri())
     runs = _mlflow_runs()
-    assert sorted(runs.index) == sorted([trial_id, teacher_id])
-    student = runs.loc[trial_id]
-    assert student["status"] == "FINISHED" and student["params.perm"] == "T1w_Sw"
-    assert student["tags.kd_ray.sweep"] == "tiny" and student["tags.kd_ray.group"].startswith(
-        "synthetic-Sw-s0-"
-    )
-    val = epochs[epochs.split == "val"].sort_values("epoch")
-    assert _points(_history(student["run_id"], "val/acc"), zip(val.epoch, val.acc, strict=True), tol=0)
+    assert sorted(runs.index) == sorted([*trials.trial_id, teacher_id])
+    logdir = sweep_dir / "tensorboard"
+    for trial_id, temperature in zip(trials.trial_id, trials.temperature, strict=True):
+        student = runs.loc[trial_id]
+        assert student["status"] == "FINISHED" and student["params.perm"] == "T1w_Sw"
+        assert float(student["params.temperature"]) == temperature
+        assert student["tags.kd_ray.sweep"] == "tiny" and student["tags.kd_ray.group"].startswith(
+            "synthetic-Sw-s0-"
+        )
+        val = epochs[(epochs.split == "val") & (epochs.trial_id == trial_id)].sort_values("epoch")
+        assert len(val) == 2
+        assert _points(_history(student["run_id"], "val/acc"), zip(val.epoch, val.acc, strict=True), tol=0)
+        assert _points(
+            _tb_scalars(logdir / "students" / trial_id, "val/acc"), zip(val.epoch, val.acc, strict=True)
+        )
     teacher = runs.loc[teacher_id]
     assert teacher["tags.kd_ray.role"] == "teacher" and teacher["status"] == "FINISHED"
     assert _points(_history(teacher["run_id"], "val/acc"), [(1, teachers.val_acc[0])], tol=0)
 
-    logdir = sweep_dir / "tensorboard"
-    assert _points(
-        _tb_scalars(logdir / "students" / trial_id, "val/acc"), zip(val.epoch, val.acc, strict=True)
-    )
     assert _points(_tb_scalars(logdir / "teachers" / teacher_id, "val/acc"), [(1, teachers.val_acc[0])])
