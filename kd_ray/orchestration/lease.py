@@ -221,12 +221,16 @@ def read_lease(storage: Storage, name: str) -> Holder | None:
     Raises:
         StorageError: the store failed.
     """
-    try:
-        data = storage.read_bytes(name)
-    except StorageError:
-        if not storage.exists(name):
-            return None
-        raise
+    for attempt in range(3):
+        try:
+            data = storage.read_bytes(name)
+            break
+        except StorageError:
+            if not storage.exists(name):
+                return None
+            # Moved away and back (or replaced) between the read and the look: read again.
+            if attempt == 2:
+                raise
     try:
         return Holder.parse(data)
     except (ValueError, KeyError, TypeError):
