@@ -32,7 +32,7 @@ browser:
 # invocation fails on pytest's exit 5 (no tests collected) like on any other non-zero status.
 test: $(VENV)/.installed browser
 	$(BIN)/pytest -m "not slow" -n 2
-	$(BIN)/pytest -m slow
+	$(BIN)/pytest -m slow --durations=20
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check kd_ray tests benchmarks

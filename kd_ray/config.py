@@ -220,7 +220,7 @@ class ResourcesConfig(_Strict):
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
     max_concurrent_trials: PositiveInt | None = Field(
-        None, description="default: as many runs as the cluster fits"
+        None, description="default: as many runs as the cluster fits now, read again as it changes"
     )
     trials_per_run: PositiveInt | None = Field(
         None,

@@ -124,6 +124,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_ports() -> list[str]:
+    """Ports a raylet and its agents would otherwise share with the other nodes on this host."""
+    return [
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
+
+
+# Worker nodes join through Ray's own CLI (``ray.scripts.scripts.main``, what ``ray start`` runs)
+# with two settings changed in that process only. Ray's single-machine mode
+# (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps every service on 127.0.0.1) makes ``ray start``
+# refuse to add a worker node; cluster mode instead swaps 127.0.0.1 (in --address and
+# --node-ip-address) for the machine's routable IP, and GCS and raylet then listen on every
+# interface. So the CLI runs in cluster mode with 127.0.0.1 kept as given; the node's processes
+# inherit single-machine mode from the environment, like the head's.
+JOIN_ON_LOOPBACK = (
+    "import sys\n"
+    "from ray._private import ray_constants, services\n"
+    "from ray.scripts.scripts import main\n"
+    "ray_constants.ENABLE_RAY_CLUSTER = True\n"
+    "services.resolve_ip_for_localhost = lambda host: host\n"
+    "sys.argv[0] = 'ray'\n"
+    "sys.exit(main())\n"
+)
+
+
 _shared: dict[str, str] = {}
 
 

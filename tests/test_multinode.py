@@ -41,12 +41,14 @@ from pathlib import Path
 import psutil
 import pytest
 from _sweep_helpers import (
+    JOIN_ON_LOOPBACK,
     PYTHON,
     assert_no_processes_under,
     assert_same_results,
     copy_teachers,
     kill_processes_under,
     loopback_urlopen,
+    node_ports,
     processes_under,
     ray_tmpdir,
     table,
@@ -64,36 +66,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _node_ports() -> list[str]:
-    """Ports a raylet and its agents would otherwise share with the other nodes on this host."""
-    return [
-        f"--node-manager-port={_free_port()}",
-        f"--object-manager-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
-    ]
-
-
-# Worker nodes join through Ray's own CLI (``ray.scripts.scripts.main``, what ``ray start`` runs)
-# with two settings changed in that process only. Ray's single-machine mode
-# (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps every service on 127.0.0.1) makes ``ray start``
-# refuse to add a worker node; cluster mode instead swaps 127.0.0.1 (in --address and
-# --node-ip-address) for the machine's routable IP, and GCS and raylet then listen on every
-# interface. So the CLI runs in cluster mode with 127.0.0.1 kept as given; the node's processes
-# inherit single-machine mode from the environment, like the head's.
-_JOIN_ON_LOOPBACK = (
-    "import sys\n"
-    "from ray._private import ray_constants, services\n"
-    "from ray.scripts.scripts import main\n"
-    "ray_constants.ENABLE_RAY_CLUSTER = True\n"
-    "services.resolve_ip_for_localhost = lambda host: host\n"
-    "sys.argv[0] = 'ray'\n"
-    "sys.exit(main())\n"
-)
 
 
 def _start_node(cmd: list[str], env: dict[str, str]) -> None:
@@ -134,7 +106,7 @@ def cluster(tmp_path):
                 f"--ray-client-server-port={_free_port()}",
                 f"--temp-dir={tmps['head']}/ray",
                 *common,
-                *_node_ports(),
+                *node_ports(),
             ],
             {**env, "RAY_TMPDIR": tmps["head"]},
         )
@@ -144,13 +116,13 @@ def cluster(tmp_path):
                     [
                         PYTHON,
                         "-c",
-                        _JOIN_ON_LOOPBACK,
+                        JOIN_ON_LOOPBACK,
                         "start",
                         f"--address=127.0.0.1:{gcs_port}",
                         "--num-cpus=1",
                         f"--temp-dir={tmp}/ray",
                         *common,
-                        *_node_ports(),
+                        *node_ports(),
                     ],
                     {**env, "RAY_TMPDIR": tmp},
                 )

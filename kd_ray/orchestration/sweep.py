@@ -279,25 +279,6 @@ def _experiment_name(sweep: Storage, stage: str) -> str:
 _TRIAL_FN_CPU = 0.01
 
 
-def _max_concurrent(cfg: SweepConfig, workers: int) -> int:
-    """How many trials to run at once: the config's limit, else as many as the cluster fits.
-
-    Tune places a trial by its function's resources only, which are a sliver; the Train
-    workers are placed later. Unbounded, Tune would start every trial of the grid at once, each
-    with a Train controller (~0.5 GB) waiting for workers, so bound it by the workers' needs.
-    """
-    if cfg.resources.max_concurrent_trials:
-        return cfg.resources.max_concurrent_trials
-    import ray
-
-    total = ray.cluster_resources()
-    res = cfg.resources
-    fits = [total.get("CPU", 0.0) / (workers * res.cpus_per_worker + _TRIAL_FN_CPU)]
-    if res.gpus_per_worker:
-        fits.append(total.get("GPU", 0.0) / (workers * res.gpus_per_worker))
-    return max(1, int(min(fits) + 1e-9))
-
-
 def _tune(
     cfg: SweepConfig,
     sweep: Storage,
@@ -311,6 +292,7 @@ def _tune(
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
+    from kd_ray.orchestration.placement import CapacityGate, RunsThatFit, announce_demand
     from kd_ray.orchestration.progress import TrialNamer, progress_callback, trial_dirname
 
     workers = cfg.resources.teacher_workers if stage == "teacher" else cfg.resources.num_workers
@@ -325,9 +307,11 @@ def _tune(
     fn = tune.with_resources(trainable, {"cpu": _TRIAL_FN_CPU})
     tuner = tune.Tuner(
         fn,
-        param_space={**base, stage: tune.grid_search(items)},
+        param_space=base,
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=_max_concurrent(cfg, workers),
+            # Runs start as the cluster has room (kd_ray.orchestration.placement), in plan order.
+            search_alg=CapacityGate(stage, items, RunsThatFit(cfg, workers, _TRIAL_FN_CPU)),
+            num_samples=len(items),
             trial_name_creator=TrialNamer(stage, items),
             trial_dirname_creator=trial_dirname,
         ),
@@ -343,6 +327,9 @@ def _tune(
             verbose=0,
         ),
     )
+    joined = bool(os.environ.get("RAY_ADDRESS"))
+    if joined:
+        announce_demand(cfg, workers, len(items))
     try:
         tuner.fit()
     except KdRayError:
@@ -354,6 +341,9 @@ def _tune(
         if found is None:
             raise
         raise found from None
+    finally:
+        if joined:
+            announce_demand(cfg, workers, 0)
 
 
 _KD_ERROR_LINE = re.compile(r"^kd_ray\.errors\.(\w+): (.+)$", re.MULTILINE)

@@ -1,0 +1,67 @@
+"""The capacity gate: runs start as the cluster has room, rechecked as it changes (issue 10, item 5).
+
+The end-to-end case, a node that joins mid-sweep and takes the next run, is
+tests/test_node_gained.py; here, the gate's rules against a cluster size the test sets.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import yaml
+from _sweep_helpers import TINY, merged
+from ray.tune.search import Searcher
+
+from kd_ray.config import parse_config
+from kd_ray.orchestration import placement
+from kd_ray.orchestration.placement import CapacityGate, RunsThatFit, runs_that_fit
+
+
+def _cfg(**resources):
+    return parse_config(yaml.safe_load(yaml.safe_dump(merged(TINY, {"resources": resources}))))
+
+
+class _Cluster:
+    """A cluster whose size the test changes: the gate's capacity function."""
+
+    def __init__(self, runs: int) -> None:
+        self.runs = runs
+
+    def __call__(self) -> int:
+        return self.runs
+
+
+def test_runs_that_fit_count_workers_and_the_tune_function() -> None:
+    cfg = _cfg(num_workers=2, cpus_per_worker=0.5)
+    assert runs_that_fit(cfg, 2, 0.01, {"CPU": 2.0}) == 1  # 2 × (1.0 + 0.01) > 2
+    assert runs_that_fit(cfg, 2, 0.01, {"CPU": 4.1}) == 4 // 1  # 4.1 / 1.01
+    assert runs_that_fit(cfg, 2, 0.01, {}) == 1  # never 0: a run that cannot fit is preflight's
+    gpu = _cfg(num_workers=1, cpus_per_worker=1, gpus_per_worker=1)
+    assert runs_that_fit(gpu, 1, 0.01, {"CPU": 16.0, "GPU": 3.0}) == 3
+
+
+def test_the_gate_starts_more_runs_when_the_cluster_grows(monkeypatch) -> None:
+    monkeypatch.setattr(placement, "RECHECK_S", 0.0)
+    cluster = _Cluster(1)
+    gate = CapacityGate("group", [{"n": i} for i in range(4)], cluster)
+    assert gate.set_search_properties(None, None, {"sweep": {}})
+    assert gate.suggest("a") == {"group": {"n": 0}}
+    assert gate.suggest("b") is None  # one run at a time on a one-run cluster
+    cluster.runs = 3  # two nodes joined
+    assert gate.suggest("b") == {"group": {"n": 1}} and gate.suggest("c") == {"group": {"n": 2}}
+    assert gate.suggest("d") is None
+    gate.on_trial_complete("a")
+    assert gate.suggest("d") == {"group": {"n": 3}}  # in plan order
+    assert gate.suggest("e") == Searcher.FINISHED
+
+
+def test_the_configured_limit_wins_and_the_gate_pickles(tmp_path) -> None:
+    cfg = _cfg(max_concurrent_trials=2)
+    capacity = RunsThatFit(cfg, 1, 0.01)
+    assert capacity() == 2  # without asking Ray
+    gate = CapacityGate("teacher", [{"t": 1}], capacity)
+    gate.save(str(tmp_path / "gate.pkl"))
+    again = CapacityGate("teacher", [], RunsThatFit(cfg, 1, 0.01))
+    again.restore(str(tmp_path / "gate.pkl"))
+    assert again.suggest("x") == {"teacher": {"t": 1}}
+    pickle.dumps(gate)
