@@ -14,7 +14,7 @@ from ray.tune.search import Searcher
 
 from kd_ray.config import parse_config
 from kd_ray.orchestration import placement
-from kd_ray.orchestration.placement import CapacityGate, RunsThatFit, runs_that_fit
+from kd_ray.orchestration.placement import CapacityGate, RunsThatFit
 
 
 def _cfg(**resources):
@@ -32,12 +32,20 @@ class _Cluster:
 
 
 def test_runs_that_fit_count_workers_and_the_tune_function() -> None:
-    cfg = _cfg(num_workers=2, cpus_per_worker=0.5)
-    assert runs_that_fit(cfg, 2, 0.01, {"CPU": 2.0}) == 1  # 2 × (1.0 + 0.01) > 2
-    assert runs_that_fit(cfg, 2, 0.01, {"CPU": 4.1}) == 4 // 1  # 4.1 / 1.01
-    assert runs_that_fit(cfg, 2, 0.01, {}) == 1  # never 0: a run that cannot fit is preflight's
-    gpu = _cfg(num_workers=1, cpus_per_worker=1, gpus_per_worker=1)
-    assert runs_that_fit(gpu, 1, 0.01, {"CPU": 16.0, "GPU": 3.0}) == 3
+    runs = RunsThatFit.of(_cfg(num_workers=2, cpus_per_worker=0.5), 2, 0.01)
+    assert runs.fit({"CPU": 2.0}) == 1  # 2 × 0.5 + 0.01 = 1.01 per run
+    assert runs.fit({"CPU": 4.1}) == 4  # 4.1 / 1.01
+    assert runs.fit({}) == 1  # never 0: a run that cannot fit is preflight's to refuse
+    gpu = RunsThatFit.of(_cfg(num_workers=1, cpus_per_worker=1, gpus_per_worker=1), 1, 0.01)
+    assert gpu.fit({"CPU": 16.0, "GPU": 3.0}) == 3
+
+
+def test_the_gate_keeps_no_config_so_no_results_credentials() -> None:
+    # Tune saves the searcher into the results store; the config's results URI may hold keys.
+    cfg = _cfg()
+    cfg = cfg.model_copy(update={"results": "s3://KEY:SECRET@bucket/runs"})
+    gate = CapacityGate("group", [{"n": 0}], RunsThatFit.of(cfg, 1, 0.01))
+    assert b"SECRET" not in pickle.dumps(gate.__dict__)
 
 
 def test_the_gate_starts_more_runs_when_the_cluster_grows(monkeypatch) -> None:
@@ -57,11 +65,11 @@ def test_the_gate_starts_more_runs_when_the_cluster_grows(monkeypatch) -> None:
 
 def test_the_configured_limit_wins_and_the_gate_pickles(tmp_path) -> None:
     cfg = _cfg(max_concurrent_trials=2)
-    capacity = RunsThatFit(cfg, 1, 0.01)
+    capacity = RunsThatFit.of(cfg, 1, 0.01)
     assert capacity() == 2  # without asking Ray
     gate = CapacityGate("teacher", [{"t": 1}], capacity)
     gate.save(str(tmp_path / "gate.pkl"))
-    again = CapacityGate("teacher", [], RunsThatFit(cfg, 1, 0.01))
+    again = CapacityGate("teacher", [], RunsThatFit.of(cfg, 1, 0.01))
     again.restore(str(tmp_path / "gate.pkl"))
     assert again.suggest("x") == {"teacher": {"t": 1}}
     pickle.dumps(gate)

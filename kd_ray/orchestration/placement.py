@@ -35,27 +35,36 @@ RECHECK_S = 1.0
 
 @dataclass(frozen=True)
 class RunsThatFit:
-    """How many runs of ``workers`` workers the cluster holds now (the config's limit if set)."""
+    """How many runs of ``workers`` workers the cluster holds now (the config's limit if set).
 
-    cfg: SweepConfig
+    It keeps only the numbers it needs, never the config: Tune saves its searcher with the
+    experiment state, in the results store, and the config's results URI may hold credentials.
+    """
+
     workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
     trial_cpu: float  # what each run's Tune function holds
+    limit: int | None = None  # resources.max_concurrent_trials
+
+    @classmethod
+    def of(cls, cfg: SweepConfig, workers: int, trial_cpu: float) -> RunsThatFit:
+        res = cfg.resources
+        return cls(workers, res.cpus_per_worker, res.gpus_per_worker, trial_cpu, res.max_concurrent_trials)
 
     def __call__(self) -> int:
-        if self.cfg.resources.max_concurrent_trials:
-            return self.cfg.resources.max_concurrent_trials
+        if self.limit:
+            return self.limit
         import ray
 
-        return runs_that_fit(self.cfg, self.workers, self.trial_cpu, ray.cluster_resources())
+        return self.fit(ray.cluster_resources())
 
-
-def runs_that_fit(cfg: SweepConfig, workers: int, trial_cpu: float, total: dict[str, float]) -> int:
-    """Runs of ``workers`` workers (and their Tune functions) that ``total`` resources hold, ≥ 1."""
-    res = cfg.resources
-    fits = [total.get("CPU", 0.0) / (workers * res.cpus_per_worker + trial_cpu)]
-    if res.gpus_per_worker:
-        fits.append(total.get("GPU", 0.0) / (workers * res.gpus_per_worker))
-    return max(1, int(min(fits) + 1e-9))
+    def fit(self, total: dict[str, float]) -> int:
+        """Runs (and their Tune functions) that ``total`` resources hold, at least 1."""
+        fits = [total.get("CPU", 0.0) / (self.workers * self.cpus_per_worker + self.trial_cpu)]
+        if self.gpus_per_worker:
+            fits.append(total.get("GPU", 0.0) / (self.workers * self.gpus_per_worker))
+        return max(1, int(min(fits) + 1e-9))
 
 
 class CapacityGate(Searcher):

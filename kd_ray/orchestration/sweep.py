@@ -310,7 +310,7 @@ def _tune(
         param_space=base,
         tune_config=tune.TuneConfig(
             # Runs start as the cluster has room (kd_ray.orchestration.placement), in plan order.
-            search_alg=CapacityGate(stage, items, RunsThatFit(cfg, workers, _TRIAL_FN_CPU)),
+            search_alg=CapacityGate(stage, items, RunsThatFit.of(cfg, workers, _TRIAL_FN_CPU)),
             num_samples=len(items),
             trial_name_creator=TrialNamer(stage, items),
             trial_dirname_creator=trial_dirname,
