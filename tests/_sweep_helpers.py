@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import ipaddress
 import os
 import shutil
 import signal
@@ -222,6 +223,37 @@ def processes_under(marker: str) -> list[psutil.Process]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 found.update({c.pid: c for c in proc.children(recursive=True)})
     return list(found.values())
+
+
+def train_workers_under(marker: str) -> list[psutil.Process]:
+    """The Ray Train worker processes of one cluster (found by ``marker``), skipping any that
+    ended (or became a zombie) between being listed and being looked at."""
+    workers = []
+    for proc in processes_under(marker):
+        with contextlib.suppress(psutil.Error):
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                workers.append(proc)
+    return workers
+
+
+def listening_sockets(procs: list[psutil.Process]) -> set[tuple[int, str, str, int]]:
+    """(pid, command, address, port) of every listening TCP socket of ``procs``, skipping any
+    process that ended (or became a zombie) while being looked at."""
+    found = set()
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            name = " ".join(proc.cmdline())[:60] or proc.name()
+            for conn in proc.net_connections("tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((proc.pid, name, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def is_loopback(ip: str) -> bool:
+    """Whether a socket address is a loopback one (IPv4, IPv6 or IPv4-mapped IPv6)."""
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def kill_processes_under(marker: str, extra: list[psutil.Process] = ()) -> None:

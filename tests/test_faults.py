@@ -17,11 +17,11 @@ from _sweep_helpers import (
     assert_same_results,
     copy_teachers,
     kill_tree,
-    processes_under,
     ray_tmpdir,
     run_cli,
     start_cli,
     table,
+    train_workers_under,
     uninterrupted_run,
     wait_for,
     write_config,
@@ -33,7 +33,7 @@ TRIAL = "synthetic-T1w_Sw-kd-full-s0"
 
 
 def _train_workers(ray_tmp: str) -> list:
-    return [p for p in processes_under(ray_tmp) if "RayTrainWorker" in " ".join(p.cmdline())]
+    return train_workers_under(ray_tmp)
 
 
 def _reported_since(epochs_file, mtime: float) -> bool:

@@ -6,11 +6,18 @@ of 1 CPU joins (``ray start``, by PID like tests/test_multinode.py's nodes). The
 gate (kd_ray.orchestration.placement) reads the cluster again, says it now holds two runs, and
 starts the second group on the new node while the first still trains. A count of runs frozen at
 the start would have kept the new node idle until the first group finished.
+
+The students' epoch count is far more than the test waits for, so the first group cannot finish
+before the new node has joined however fast the machine; the test stops the sweep once every
+student of both groups has reported an epoch (a sweep over several nodes running to its end is
+tests/test_multinode.py's).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import uuid
 
@@ -25,9 +32,8 @@ from _sweep_helpers import (
     kd_ray_cmd,
     kill_processes_under,
     node_ports,
-    processes_under,
     ray_tmpdir,
-    table,
+    train_workers_under,
     uninterrupted_run,
     wait_for,
     write_config,
@@ -42,7 +48,7 @@ def _start(cmd: list[str], env: dict[str, str]) -> None:
 
 
 def _trains_on(tmp: str) -> bool:
-    return any("RayTrainWorker" in " ".join(p.cmdline()) for p in processes_under(tmp))
+    return bool(train_workers_under(tmp))
 
 
 def test_a_node_that_joins_mid_sweep_takes_the_next_run(tmp_path):
@@ -60,9 +66,8 @@ def test_a_node_that_joins_mid_sweep_takes_the_next_run(tmp_path):
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats", "--object-store-memory=100000000"]
     results = tmp_path / "results"
     copy_teachers(reference, results)  # the student stage is what is placed
-    # Two stream groups of one 0.95-CPU worker each; enough epochs that the first still trains
-    # when the new node has joined.
-    config = write_config(tmp_path, {"student": {"train": {"epochs": 60}}})
+    # Two stream groups of one 0.95-CPU worker each, training far longer than the test runs.
+    config = write_config(tmp_path, {"student": {"train": {"epochs": 5000}}})
     log = tmp_path / "sweep.log"
     proc = None
     try:
@@ -89,17 +94,15 @@ def test_a_node_that_joins_mid_sweep_takes_the_next_run(tmp_path):
             {**env, "RAY_TMPDIR": tmps["new"]},
         )  # fmt: skip
         wait_for(lambda: _trains_on(tmps["new"]), 300, "a Train worker on the new node", proc)
-        # The first group had not finished when the second started there.
-        finished = {p.stem for p in (results / "tiny" / "trials.parquet").glob("*.parquet")}
-        assert len(finished) < 2, finished
-        assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+        wait_for(lambda: len(list(epochs.iterdir())) == 4, 300, "an epoch of every student", proc)
+        # Both groups train at once, the first on the head, the second on the new node.
+        assert not list((results / "tiny").glob("trials.parquet/*.parquet"))
     finally:
         if proc is not None and proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
         for tmp in tmps.values():
             kill_processes_under(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     output = log.read_text()
     assert "the cluster now holds 2 student run(s) at once (was 1)" in output, output[-4000:]
-    trials = table(results / "tiny", "trials")
-    assert len(trials) == 4 and (trials["status"] == "ok").all()

@@ -3,8 +3,9 @@
 Every rank calls ``ray.train.report`` once per epoch (it is a barrier); rank 0 attaches the
 checkpoint. Metrics are already reduced across ranks by the runs, so rank 0's report is the
 trial's. On restart (worker fault, driver resume) the loop continues from the newest usable
-checkpoint and first re-announces that checkpoint's epoch, so the driver has every epoch's row
-even if it died between a report and writing it.
+checkpoint and first re-announces every epoch that checkpoint covers (each checkpoint carries the
+reports of the epochs before it): a checkpoint is stored by the worker before the driver sees its
+report, so a driver killed while behind by some epochs never wrote their rows.
 
 A checkpoint is usable when it loads and its fingerprint (what changes the numbers, per trial)
 is the run's: one made under another config is never restored. The newest is Ray's latest; if
@@ -126,10 +127,11 @@ def _problem(state: dict[str, Any], fingerprints: Fingerprints) -> str | None:
 
 def _restore(
     run: Any, config: dict[str, Any], fingerprints: Fingerprints, labels: list[str]
-) -> tuple[int, dict[str, Any] | None]:
-    """Load the newest usable checkpoint into ``run``: (first epoch to train, last report or None)."""
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load the newest usable checkpoint into ``run``: (first epoch to train, the reports of the
+    epochs it covers, oldest first; the last one whole, earlier ones without calibration bins)."""
     skipped: list[str] = []
-    restored: tuple[int, dict[str, Any]] | None = None
+    restored: tuple[int, list[dict[str, Any]]] | None = None
     for checkpoint in _candidates(config):
         name = posixpath.basename(checkpoint.path.rstrip("/"))
         try:
@@ -138,7 +140,9 @@ def _restore(
                 problem = _problem(state, fingerprints)
                 if problem is None:
                     run.load_state_dict(state["run"])
-                    restored = int(state["epoch"]), dict(state["report"])
+                    # A checkpoint written before reports were kept in it has only its own.
+                    reports = [*state.get("history", []), dict(state["report"])]
+                    restored = int(state["epoch"]), reports
         except CheckpointError as err:  # the checkpoint's name says where; this says why
             problem = f"its {STATE_FILE} is {str(err).rpartition(STATE_FILE + ': ')[2][:200]}"
         except OSError as err:
@@ -156,27 +160,50 @@ def _restore(
             elif skipped:
                 log.warning("%s: starting fresh, no usable checkpoint (%s)", label, "; ".join(skipped))
     if restored is None:
-        return 1, None
+        return 1, []
     return restored[0] + 1, restored[1]
 
 
-def _report(run: Any, epoch: int, report: dict[str, Any], rank: int, fingerprints: Fingerprints) -> None:
-    """Report one epoch from every rank; rank 0 attaches the state checkpoint."""
+def _reannounce(reports: list[dict[str, Any]]) -> None:
+    """Report again the epochs a restored checkpoint covers (every rank: a report is a barrier).
+    The collector replaces rows it has, so a driver that has them all loses nothing."""
+    for report in reports:
+        ray.train.report(report, checkpoint=None)
+
+
+def _without_calibration(report: dict[str, Any]) -> dict[str, Any]:
+    # Calibration bins are written for a trial's final epoch only; earlier epochs' bins would
+    # grow each checkpoint's history by bins x splits x students per epoch.
+    return {k: v for k, v in report.items() if not k.partition(TRIAL_SEP)[2].startswith("calibration/")}
+
+
+def _report(
+    run: Any,
+    epoch: int,
+    report: dict[str, Any],
+    rank: int,
+    fingerprints: Fingerprints,
+    history: list[dict[str, Any]],
+) -> None:
+    """Report one epoch from every rank; rank 0 attaches the state checkpoint, which carries
+    ``history`` (the reports of the epochs before). Appends this epoch's report to ``history``."""
     metrics = {**report, "epoch": epoch}
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        state = {
-            "format": STATE_FORMAT,
-            "epoch": epoch,
-            "report": metrics,
-            "fingerprint": fingerprints,
-            "run": run.state_dict(),
-        }
-        save_file(state, os.path.join(d, STATE_FILE))  # streamed to disk: no in-memory copy
-        del state
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            state = {
+                "format": STATE_FORMAT,
+                "epoch": epoch,
+                "report": metrics,
+                "history": history,
+                "fingerprint": fingerprints,
+                "run": run.state_dict(),
+            }
+            save_file(state, os.path.join(d, STATE_FILE))  # streamed to disk: no in-memory copy
+            del state
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    history.append(_without_calibration(metrics))
 
 
 def calibration_keys(calibration: dict[str, list[dict]]) -> dict[str, float]:
@@ -233,9 +260,9 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
         wrap=_wrapper(runtime, world_size),
     )
     fingerprints = student_fingerprints(cfg, trials)
-    start, last = _restore(run, config, fingerprints, [t.trial_id for t in trials])
-    if last is not None:
-        ray.train.report(last, checkpoint=None)
+    start, done = _restore(run, config, fingerprints, [t.trial_id for t in trials])
+    _reannounce(done)
+    history = [_without_calibration(r) for r in done]
     failed = {s.trial.trial_id: s.diverged for s in run.students if s.diverged}
     for epoch in range(start, cfg.student.train.epochs + 1):
         if not run.active:  # every student diverged; all ranks agree, so all stop here
@@ -247,7 +274,7 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
             report.update(
                 _prefixed(tid, {**values, "epoch": epoch, **calibration_keys(result.calibration[tid])})
             )
-        _report(run, epoch, report, rank, fingerprints)
+        _report(run, epoch, report, rank, fingerprints, history)
     if rank == 0 and config.get("students"):
         students = Storage.open(config["students"])
         for s in run.students:
@@ -282,8 +309,10 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
         cfg, spec, datasets, runtime, rank=rank, world_size=world_size, wrap=_wrapper(runtime, world_size)
     )
     fingerprints = teacher_fingerprints(spec)
-    start, last = _restore(run, config, fingerprints, [f"teacher {spec.teacher_id}"])
-    report = last or {}
+    start, done = _restore(run, config, fingerprints, [f"teacher {spec.teacher_id}"])
+    _reannounce(done)
+    report = done[-1] if done else {}
+    history = [_without_calibration(r) for r in done]
     for epoch in range(start, cfg.teacher.train.epochs + 1):
         report = run.run_epoch(epoch)
         if not math.isfinite(report["train/loss"]):
@@ -291,7 +320,7 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
                 "status": "failed",
                 "error": f"teacher diverged at epoch {epoch}: loss {report['train/loss']}",
             }
-        _report(run, epoch, report, rank, fingerprints)
+        _report(run, epoch, report, rank, fingerprints, history)
     if rank == 0:
         info = {
             "epochs": cfg.teacher.train.epochs,
