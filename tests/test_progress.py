@@ -38,7 +38,15 @@ from kd_ray.orchestration.progress import (
     run_labels,
     trial_dirname,
 )
-from kd_ray.orchestration.worker_setup import CLEANER_LOGGER, STATE_API_NOISE, quiet_state_api_noise
+from kd_ray.orchestration.worker_setup import (
+    CLEANER_LOGGER,
+    REPORT_LOGGER_MODULE,
+    REPORT_NOISE,
+    STATE_API_NOISE,
+    quiet_report_dump,
+    quiet_state_api_noise,
+    report_logger_name,
+)
 from kd_ray.plan import group_id, plan_sweep, stream_groups
 
 
@@ -259,6 +267,18 @@ def test_the_noise_is_still_where_the_hook_looks_in_this_ray():
     assert "logger = logging.getLogger(__name__)" in source and STATE_API_NOISE in source
 
 
+def test_the_report_dump_is_where_the_hook_looks_in_this_ray():
+    # Ray Train's per-report logger is named by its file's path: an upgrade that renames the
+    # file or the logger must fail here rather than let the dump back into every sweep's output.
+    import importlib
+
+    module = importlib.import_module(REPORT_LOGGER_MODULE)
+    assert module.logger.name == report_logger_name()
+    assert REPORT_NOISE in Path(module.__file__).read_text()
+    quiet_report_dump()
+    assert not module.logger.isEnabledFor(logging.INFO) and module.logger.isEnabledFor(logging.WARNING)
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 
@@ -269,6 +289,7 @@ def test_quiet_sweep_prints_plain_progress_lines():
     assert re.search(r"^kd-ray: teachers \[#+\] 2/2 done \| \d+:\d\d elapsed$", log, re.M), log[-3000:]
     assert re.search(r"^kd-ray: trials \[#+\] 4/4 done \| \d+:\d\d elapsed$", log, re.M), log[-3000:]
     assert "\r" not in log
+    assert REPORT_NOISE not in log  # the worker hook keeps Ray Train's report dump out
     # Neither Tune's output nor kd-ray's per-trial info lines.
     assert "Configuration for experiment" not in log and "Trial status:" not in log
     assert not re.search(r"^kd-ray: trial \S+: ok$", log, re.M)
