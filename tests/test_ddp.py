@@ -2,36 +2,30 @@
 docs/metrics.md#ddp-reduction).
 
 The 1-worker side is the shared reference sweep (``_sweep_helpers.uninterrupted_run``); the
-2-worker sweep reuses its teachers from the store, so both students distil from the same
-teachers on the same data stream, and only the number of DDP workers differs.
+2-worker side is the shared private-cluster sweep (``_private_sweep``), which reuses the
+reference's teachers, so both students distil from the same teachers on the same data stream,
+and only the number of DDP workers differs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from _sweep_helpers import copy_teachers, run_cli, table, uninterrupted_run, write_config
+from _private_sweep import TRIAL, private_sweep
+from _sweep_helpers import table, uninterrupted_run
 
 from kd_ray.metrics.names import SPLIT_METRICS
 
 pytestmark = pytest.mark.slow
 
-TRIAL = "synthetic-T1s_Ss-kd-full-s0"
 
-
-def test_two_workers_report_the_same_metrics_as_one(tmp_path) -> None:
+def test_two_workers_report_the_same_metrics_as_one() -> None:
     reference = uninterrupted_run()
-    results = tmp_path / "results"
-    copy_teachers(reference, results)
-    config = write_config(
-        tmp_path,
-        {"grid": {"permutations": ["T1s_Ss"]}, "resources": {"num_workers": 2, "cpus_per_worker": 0.95}},
-    )
-    done = run_cli("sweep", str(config), "--results", str(results), "--no-report", "-q", shared=True)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    assert "teachers trained 0, reused 1" in done.stdout
+    sweep = private_sweep()
+    assert sweep.returncode == 0, sweep.output[-4000:]
+    assert "teachers trained 0, reused 1" in sweep.stdout
 
-    two = table(results / "tiny", "epochs").sort_values(["epoch", "split"]).reset_index(drop=True)
+    two = table(sweep.results / "tiny", "epochs").sort_values(["epoch", "split"]).reset_index(drop=True)
     one = table(reference / "tiny", "epochs")
     one = one[one["trial_id"] == TRIAL].sort_values(["epoch", "split"]).reset_index(drop=True)
     assert len(two) == len(one) == 4 * 3  # epochs x splits

@@ -47,6 +47,7 @@ from _sweep_helpers import (
     assert_same_results,
     copy_teachers,
     kill_processes_under,
+    listening_sockets,
     loopback_urlopen,
     node_ports,
     processes_under,
@@ -213,18 +214,9 @@ LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def _listeners(marker: str) -> set[tuple[int, str, str, int]]:
-    """(pid, command, address, port) of every listening socket of one node's processes (found
-    by its temp dir) and all their descendants: services, job driver, workers."""
-    found = set()
-    for proc in processes_under(marker):
-        try:
-            name = " ".join(proc.cmdline())[:60]
-            for c in proc.net_connections("tcp"):
-                if c.status == psutil.CONN_LISTEN:
-                    found.add((proc.pid, name, c.laddr.ip, c.laddr.port))
-        except psutil.Error:
-            continue
-    return found
+    """Every listening socket of one node's processes (found by its temp dir) and all their
+    descendants: services, job driver, workers."""
+    return listening_sockets(processes_under(marker))
 
 
 def test_sweep_survives_losing_a_worker_node(tmp_path, reference, cluster):
