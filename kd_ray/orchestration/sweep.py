@@ -12,6 +12,10 @@ On ``--resume``:
   checkpoint when only the final rows are missing, from scratch when epoch rows are);
 - a stream group that had started continues as the same group (its run directory names its
   members), whatever ``trials_per_run`` says now;
+- the config may grow the grid (more seeds, teacher counts, losses, views, datasets,
+  permutations, values of a listed KD axis; :mod:`kd_ray.orchestration.growth` says why that
+  is safe): the new trials run, the finished ones are kept and stored teachers are reused.
+  Any other change to what trials compute is refused with one line naming the keys;
 - settings that change the numbers of a run (:func:`kd_ray.plan.numerics`: workers, torch
   threads, device, bf16, channels-last, compile) may not change while trials are unfinished:
   one run would mix two numerics, so the sweep is refused with one line.
@@ -33,6 +37,7 @@ from typing import Any
 
 from kd_ray.config import SweepConfig, dump_config
 from kd_ray.errors import ClusterError, KdRayError, ResultsError
+from kd_ray.orchestration.growth import NotAGrowth, growth
 from kd_ray.orchestration.lease import sweep_lease, train_once
 from kd_ray.orchestration.preflight import (
     check_datasets,
@@ -102,11 +107,13 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
     """Check and create the results directory; returns (results root, sweep directory).
 
     The sweep's ``config.yaml`` is written later, by :func:`run_sweep`, once every input check
-    has passed: a sweep stopped by a user error can be started again without ``--resume``.
+    has passed: a sweep stopped by a user error can be started again without ``--resume``, and
+    a grown config (:mod:`kd_ray.orchestration.growth`) replaces the saved one only then.
 
     Raises:
         ResultsError: not writable; a sweep of this name exists and ``resume`` is off; or
-            ``resume`` is on and the saved config differs in what it computes.
+            ``resume`` is on and the saved config differs in what existing trials compute or
+            lists fewer grid values.
     """
     root = Storage.open(results)
     root.makedirs()
@@ -127,11 +134,23 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
                 f"{sweep.uri}/config.yaml: the saved config of this sweep is unreadable ({reason}); "
                 "restore it, or start the sweep afresh under another name or --results directory"
             ) from None
-        if saved != _comparable(config_yaml):
+        try:
+            grown = growth(saved, _comparable(config_yaml))
+        except NotAGrowth as err:
             raise ResultsError(
-                f"{sweep.uri}/config.yaml: the config changed since this sweep started "
-                f"(only {', '.join(_RESUMABLE_CHANGES)} and data locations may change on --resume)"
-            )
+                f"{sweep.uri}/config.yaml: the config changed since this sweep started ({err}); "
+                f"only {', '.join(_RESUMABLE_CHANGES)} and data locations may change on --resume, "
+                "and grid values may be added; start a new sweep (another name or --results) for "
+                "anything else"
+            ) from None
+        except (TypeError, AttributeError):  # a hand-edited grid that is no list of values
+            raise ResultsError(
+                f"{sweep.uri}/config.yaml: the saved config of this sweep is unreadable (its grid "
+                "is not lists of values); restore it, or start the sweep afresh under another "
+                "name or --results directory"
+            ) from None
+        if grown:
+            log.info("--resume grows the sweep: %s", grown.describe())
     return root, sweep
 
 
