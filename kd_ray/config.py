@@ -339,6 +339,26 @@ class TrackersConfig(_Strict):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
+class ReportConfig(_Strict):
+    """The HTML report (README.md#how-a-sweep-runs): besides the final one, a partial report while
+    a sweep runs, so its verdicts can be watched forming (kd_ray.orchestration.live_report)."""
+
+    every_minutes: PositiveFloat | None = Field(
+        30.0,
+        description="while a sweep with local results runs, rewrite RESULTS/NAME/report.html this "
+        "often, marked 'partial: N of M trials finished'; null: only the final report "
+        "(--no-report: none at all)",
+    )
+
+    @field_validator("every_minutes", mode="before")
+    @classmethod
+    def _say_how_to_turn_off(cls, v: Any) -> Any:
+        # 0 reads like "off" to many users; say what off is rather than only "greater than 0".
+        if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0:
+            raise ValueError(f"must be greater than 0 minutes, got {v}; null turns partial reports off")
+        return v
+
+
 class SweepConfig(_Strict):
     """A whole sweep, as written in ``experiments/NAME.yaml``."""
 
@@ -358,6 +378,7 @@ class SweepConfig(_Strict):
     trackers: TrackersConfig | None = Field(
         None, description="experiment trackers (MLflow, TensorBoard, W&B); default: none (docs/trackers.md)"
     )
+    report: ReportConfig = ReportConfig()
     results: str = Field(
         "results",
         description="results directory or URI (overridden by --results); credentials in it "
@@ -372,12 +393,15 @@ class SweepConfig(_Strict):
         return redact(v)
 
     @model_serializer(mode="wrap")
-    def _omit_no_trackers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _omit_unset_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # No trackers is dumped as nothing, not as null: the saved config.yaml of a sweep without
         # them stays as it was before trackers existed.
         data = handler(self)
         if data.get("trackers") is None:
             data.pop("trackers", None)
+        # Likewise default report settings: a sweep started before the section existed resumes.
+        if self.report == ReportConfig():
+            data.pop("report", None)
         return data
 
     @field_validator("name")
