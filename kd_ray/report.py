@@ -13,6 +13,7 @@ import html
 import logging
 import os
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +38,8 @@ table.kd-table th{background:#f5f5f5} td.text{text-align:left}
 .verdict-supported{background:#e3f4e1} .verdict-contradicted{background:#fbe3e1}
 .verdict-inconclusive{background:#f4f1e1}
 p.nodata{color:#8a6d3b;background:#fcf8e3;border:1px solid #faebcc;padding:.5rem .8rem;border-radius:4px}
+p.partial{font-weight:600;color:#31708f;background:#d9edf7;border:1px solid #bce8f1;padding:.6rem .9rem;
+border-radius:4px}
 .meta{color:#666;font-size:.9rem} details{margin:.5rem 0} pre{background:#f7f7f7;padding:.6rem;overflow-x:auto}
 """
 
@@ -151,12 +154,34 @@ class _Page:
         self.parts.append(_table_html(table, f"table-{slug}"))
 
 
-def build_report_html(results: A.Results, config_text: str | None = None) -> str:
-    """The report page for loaded results: claims first, then the paper's order, then curves."""
+def partial_label(finished: int, planned: int) -> str:
+    """What marks a report written while its sweep runs, in its banner and its title."""
+    return f"partial: {finished} of {planned} trials finished"
+
+
+def _partial_banner(finished: int, planned: int) -> str:
+    written = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return (
+        f'<p class="partial" id="partial">{partial_label(finished, planned)} · written {written} while '
+        "the sweep runs. Figures, tables and verdicts cover the finished trials only and may change "
+        "as more finish; the final report replaces this page when the sweep ends.</p>"
+    )
+
+
+def build_report_html(
+    results: A.Results, config_text: str | None = None, *, planned_trials: int | None = None
+) -> str:
+    """The report page for loaded results: claims first, then the paper's order, then curves.
+
+    ``planned_trials`` (the sweep's planned student trials) marks the page partial: a banner
+    and the title say how many of them have finished, so nobody takes it for the final word.
+    """
     t, page = results.trials, _Page()
     ok = t[t["status"] == "ok"]
     failed = t[t["status"] != "ok"]
     page.add(f"<h1>kd_ray report · {html.escape(results.name)}</h1>")
+    if planned_trials is not None:
+        page.add(_partial_banner(len(t), planned_trials))
     page.add(
         f'<p class="meta">{len(t)} student trials ({len(ok)} ok, {len(failed)} failed) · datasets: '
         f"{html.escape(', '.join(sorted(t['dataset'].unique())))} · teacher counts: "
@@ -216,7 +241,10 @@ def build_report_html(results: A.Results, config_text: str | None = None) -> str
         page.add(
             f"<details><summary>Resolved sweep config</summary><pre>{html.escape(config_text)}</pre></details>"
         )
-    title = html.escape(f"kd_ray report · {results.name}")
+    title = f"kd_ray report · {results.name}"
+    if planned_trials is not None:
+        title += f" · {partial_label(len(t), planned_trials)}"
+    title = html.escape(title)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f'<style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head>'
@@ -224,7 +252,9 @@ def build_report_html(results: A.Results, config_text: str | None = None) -> str
     )
 
 
-def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path | str:
+def write_report(
+    results_dir: str | Path, out: str | Path | None = None, *, planned_trials: int | None = None
+) -> Path | str:
     """Write the HTML report of a sweep's results directory.
 
     Both ends go through :class:`kd_ray.storage.Storage`, so a sweep on S3 is reported without
@@ -235,6 +265,10 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path
             filesystem URI (``file://``, ``s3://``, ``gs://``).
         out: the HTML file to write, a local path or URI; defaults to ``RESULTS/N/report.html``,
             wherever ``RESULTS`` is.
+        planned_trials: the number of student trials the sweep plans, for a report written
+            while it runs (:mod:`kd_ray.orchestration.live_report`): the page is marked
+            "partial: N of M trials finished", N being the ``trials`` rows present. ``None``
+            (the final report, ``kd-ray report``): no mark.
 
     Returns:
         The path written, or its URI (without credentials) when it is not on this machine.
@@ -247,7 +281,7 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path
     config = (
         sweep.read_bytes("config.yaml").decode("utf-8", "replace") if sweep.exists("config.yaml") else None
     )
-    page = build_report_html(results, config)
+    page = build_report_html(results, config, planned_trials=planned_trials)
     if out is None:
         target = sweep.child("report.html")
     else:
