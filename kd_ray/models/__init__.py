@@ -1,9 +1,10 @@
-"""Model registry, factories and hook-based attention maps.
+"""Model registry, factories, hook-based attention maps, and loading exported students.
 
 Importing the package imports every family module, so ``MODELS`` is complete here::
 
-    from kd_ray.models import create_model, list_models, capture_attention
+    from kd_ray.models import create_model, list_models, capture_attention, load_student
     student = create_model("resnet18", num_classes=100)
+    trained = load_student("results/demo/students/digits-T1s_Ss-kd-full-s0.pt")
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kd_ray.models.attention import (
     capture_attention,
     unwrap_model,
 )
+from kd_ray.models.export import load_student
 
 __all__ = [
     "ATTENTION",
@@ -31,6 +33,7 @@ __all__ = [
     "capture_attention",
     "create_model",
     "list_models",
+    "load_student",
     "resnet",
     "small_cnn",
     "unwrap_model",

@@ -285,6 +285,9 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
                     trial_id=tid,
                     arch=cfg.student.arch,
                     num_classes=datasets.num_classes,
+                    in_channels=datasets.channels,
+                    image_size=run.input_size,  # what create_model got: the resolution it saw
+                    dataset=dcfg.key,
                     fingerprint=fingerprints[tid],
                 )
                 save_to_storage(students, f"{tid}.pt", state)

@@ -1,4 +1,4 @@
-"""Checkpoint files: trained teachers, and per-epoch training state for resume.
+"""Checkpoint files: trained teachers, exported students, and per-epoch training state for resume.
 
 Everything is loaded with ``torch.load(..., weights_only=True)``: a checkpoint holds tensors,
 numbers, strings and containers of them, never pickled code. A teacher file names the teacher it
@@ -30,7 +30,17 @@ if TYPE_CHECKING:
     from kd_ray.storage import Storage
 
 TEACHER_FORMAT = "kd_ray.teacher.v1"
-STUDENT_FORMAT = "kd_ray.student.v1"
+# v2: with what rebuilds the model (input channels, image size, dataset). A v1 student file
+# holds weights that cannot be put back into a model without the sweep's config: it is refused.
+STUDENT_FORMAT = "kd_ray.student.v2"
+STUDENT_V1_FORMAT = "kd_ray.student.v1"
+# What kd_ray.models.create_model needs to rebuild a student, and the type each must have.
+STUDENT_MODEL_FIELDS: dict[str, type] = {
+    "arch": str,
+    "num_classes": int,
+    "in_channels": int,
+    "image_size": int,
+}
 # v2: with fingerprints. A v1 state (no fingerprint) is not resumed: nothing says what made it.
 STATE_FORMAT = "kd_ray.train_state.v2"
 
@@ -156,18 +166,55 @@ def teacher_bytes(model: nn.Module, *, teacher_id: str, arch: str, num_classes: 
 
 
 def student_state(
-    model: nn.Module, *, trial_id: str, arch: str, num_classes: int, fingerprint: Mapping[str, Any]
+    model: nn.Module,
+    *,
+    trial_id: str,
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    dataset: str,
+    fingerprint: Mapping[str, Any],
 ) -> dict[str, Any]:
     """A finished student's final weights alone (no optimiser state): small, kept after its
-    training checkpoints are deleted; ``fingerprint`` says what made them."""
+    training checkpoints are deleted, and enough to rebuild the model without the sweep
+    (:func:`kd_ray.models.load_student`). ``image_size`` is the input resolution it was trained
+    at (what ``create_model`` got); ``dataset`` the dataset key its inputs came from;
+    ``fingerprint`` says what made the weights (its digest is also in the JSON sidecar)."""
     return {
         "format": STUDENT_FORMAT,
         "trial_id": trial_id,
         "arch": arch,
         "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "dataset": dataset,
         "fingerprint": dict(fingerprint),
         "state_dict": unwrap(model).state_dict(),
     }
+
+
+def check_student(obj: Mapping[str, Any], source: str) -> None:
+    """Refuse a loaded file that is not a student :func:`student_state` wrote, in one line.
+
+    Raises:
+        CheckpointError: another format (a teacher, a training state, an older student file) or
+            a model field missing or mistyped.
+    """
+    fmt = obj.get("format")
+    if fmt == STUDENT_V1_FORMAT:
+        raise CheckpointError(
+            f"{source}: a {STUDENT_V1_FORMAT} file from an older kd_ray; it lacks the input channels "
+            "and image size that rebuild the model (run the trial again to export it anew)"
+        )
+    if fmt != STUDENT_FORMAT:
+        raise CheckpointError(f"{source}: not a kd_ray student file (format {fmt!r})")
+    for key, kind in STUDENT_MODEL_FIELDS.items():
+        value = obj.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{source}: its {key!r} is {value!r}, expected a {kind.__name__}")
+    if not isinstance(obj.get("state_dict"), Mapping):
+        raise CheckpointError(f"{source}: holds no state_dict")
 
 
 def load_teacher_weights(
@@ -186,9 +233,14 @@ def load_teacher_weights(
         raise CheckpointError(
             f"{source}: holds teacher {obj.get('teacher_id')!r} ({obj.get('arch')}), expected {teacher_id!r} ({arch})"
         )
+    load_weights(model, obj["state_dict"], arch=arch, source=source)
+
+
+def load_weights(model: nn.Module, state_dict: Any, *, arch: str, source: str) -> None:
+    """``model.load_state_dict`` (strict), a mismatch being one CheckpointError line."""
     try:
-        model.load_state_dict(obj["state_dict"])
-    except (RuntimeError, KeyError, TypeError) as err:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(
             f"{source}: weights do not fit {arch}: {str(err).splitlines()[0][:160]}"
         ) from None
