@@ -11,7 +11,10 @@ and re-reports an epoch replaces rows rather than adding them; a trial seen for 
 in this driver (after a resume) starts from the rows already on disk, and a report of epoch e
 drops stored rows of later epochs (a restart from an earlier checkpoint, or from scratch,
 recomputes them). Once every student of a group has its rows, the group's Train run directory
-(its training checkpoints) is deleted; each finished student's final weights stay on their own.
+(its training checkpoints) is deleted; each finished student's final weights stay on their own,
+in ``students/<trial_id>.pt`` (written by the worker), with a JSON sidecar the collector writes
+when the trial finishes ok: its grid point, final metrics and fingerprint digest
+(docs/results.md#students).
 
 Experiment trackers (:class:`kd_ray.trackers.Trackers`, docs/trackers.md) are fed from the same
 per-student rows, after the tables are written: one run per student trial, tagged with the
@@ -24,7 +27,9 @@ logs each teacher's epochs to the trackers.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +37,9 @@ from typing import Any
 
 import ray.tune
 
+from kd_ray.config import parse_config
 from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY, delete_run, short_error
-from kd_ray.plan import StudentTrial, TeacherSpec
+from kd_ray.plan import StudentTrial, TeacherSpec, fingerprint, trial_fingerprint_content
 from kd_ray.results.rows import calibration_rows, epoch_rows, trial_report, trial_row
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
@@ -51,6 +57,30 @@ class _TrialState:
     last: dict[str, Any] | None = None
     status: str | None = None
     error: str | None = None
+    # The digest of the trial's fingerprint, as its exported weights hold it; None when its
+    # group exports no weights (no students location in its config).
+    digest: str | None = None
+
+
+# Columns of the trials row that say which grid point a student is; the sidecar's "grid".
+GRID_COLUMNS = (
+    "dataset",
+    "n_teachers",
+    "perm",
+    "teacher_augs",
+    "student_aug",
+    "loss",
+    "view",
+    "seed",
+    "temperature",
+    "alpha",
+    "lr",
+    "teacher_arch",
+    "student_arch",
+    "teacher_ids",
+)
+# Columns that are neither grid point nor metric (an exported student finished ok).
+_OUTCOME_COLUMNS = ("trial_id", "status", "error", "wall_s")
 
 
 def _members(trial: Any) -> list[StudentTrial]:
@@ -91,10 +121,16 @@ class ResultsCollector(ray.tune.Callback):
         """The states of a Tune trial's students, loading rows a previous driver wrote."""
         states = []
         group = str(trial.config["group"]["group_id"])
+        cfg = None
         for spec in _members(trial):
             state = self._states.get(spec.trial_id)
             if state is None:
                 state = _TrialState(spec, group)
+                if trial.config.get("students") and "sweep" in trial.config:
+                    # The worker's digest (kd_ray.orchestration.workers.student_fingerprints),
+                    # from the same config and trial, so the sidecar matches its .pt.
+                    cfg = cfg or parse_config(trial.config["sweep"])
+                    state.digest = fingerprint(trial_fingerprint_content(cfg, spec))
                 previous = self.tables.read_owner("epochs", spec.trial_id)
                 for row in previous.to_dict("records"):
                     state.epochs[(int(row["epoch"]), row["split"])] = row
@@ -150,26 +186,51 @@ class ResultsCollector(ray.tune.Callback):
             last = _report_from_rows(state.epochs)
         if state.last is not None:
             self.tables.write("calibration", trial_id, calibration_rows(trial_id, state.last, self.ece_bins))
-        # Last: the trials row marks the trial finished (see the module docstring).
-        self.tables.write(
-            "trials",
-            trial_id,
-            [
-                trial_row(
-                    state.trial,
-                    teacher_arch=self.teacher_arch,
-                    student_arch=self.student_arch,
-                    report=last,
-                    status=status,
-                    error=state.error,
-                    wall_s=time.monotonic() - state.started,
-                )
-            ],
+        row = trial_row(
+            state.trial,
+            teacher_arch=self.teacher_arch,
+            student_arch=self.student_arch,
+            report=last,
+            status=status,
+            error=state.error,
+            wall_s=time.monotonic() - state.started,
         )
+        if status == "ok" and state.digest is not None:
+            # Before the trials row, not after: --resume never revisits a trial with that row, so
+            # a kill between the two would lose a later sidecar for good. Written first, a kill
+            # leaves a sidecar beside an unfinished trial, which the resume runs again (from its
+            # group's last checkpoint, still there) and whose weights and sidecar it rewrites.
+            self._write_sidecar(row, state.digest)
+        # Last: the trials row marks the trial finished (see the module docstring).
+        self.tables.write("trials", trial_id, [row])
         log.info("trial %s: %s%s", trial_id, status, f" ({state.error})" if state.error else "")
         rows = sorted(state.epochs.values(), key=_epoch_order)
         self.trackers.student_done(state.trial, state.group, status, state.error, rows)
         self._states.pop(trial_id, None)
+
+    def _write_sidecar(self, row: dict[str, Any], digest: str) -> None:
+        """``students/<trial_id>.json`` beside the weights the worker exported (atomically)."""
+        students = self.tables.storage.child("students")
+        trial_id = row["trial_id"]
+        if not students.exists(f"{trial_id}.pt"):  # the worker stores them before it returns ok
+            log.warning("trial %s: finished ok but its weights are not in %s", trial_id, students.uri)
+            return
+        text = json.dumps(student_sidecar(row, digest), indent=1, sort_keys=True, allow_nan=False)
+        students.write_bytes(f"{trial_id}.json", text.encode())
+
+
+def student_sidecar(row: dict[str, Any], digest: str) -> dict[str, Any]:
+    """What the sidecar of an exported student says, from its ``trials`` row: the grid point and
+    the final metrics under the row's column names (NaN, undefined, as null), and the digest of
+    the fingerprint its ``.pt`` holds, so the two files can be matched."""
+    metrics = {k: v for k, v in row.items() if k not in GRID_COLUMNS and k not in _OUTCOME_COLUMNS}
+    return {
+        "trial_id": row["trial_id"],
+        "weights": f"{row['trial_id']}.pt",
+        "fingerprint": digest,
+        "grid": {k: row[k] for k in GRID_COLUMNS},
+        "metrics": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()},
+    }
 
 
 def _epoch_order(row: dict[str, Any]) -> tuple[int, str]:
