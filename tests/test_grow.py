@@ -131,29 +131,29 @@ def test_a_changed_field_outside_the_grid_is_refused_by_its_key(tmp_path, overri
     # Growing the grid at the same time does not make the change acceptable.
     line = _refusal(results, merged(merged(TINY, override), {"grid": {"seeds": [0, 1]}}))
     assert "the config changed since this sweep started" in line
-    assert f"changed: {named}" in line
-    assert "only resources, runtime, failure, results, trackers and data locations may change" in line
+    assert f"changed {named}" in line
+    assert "Only resources, runtime, failure, results, trackers and data locations may change" in line
 
 
 @pytest.mark.parametrize(
     ("base", "override", "named"),
     [
-        (TINY, {"grid": {"seeds": [1]}}, "grid.seeds lost 0"),
-        (TINY, {"grid": {"losses": ["zscore_kd"]}}, "grid.losses lost kd"),
-        (LISTED, {"grid": {"permutations": ["T1s_Ss"]}}, "grid.permutations lost T1w_Sw"),
-        (TINY, {"grid": {"permutations": ["T1w_Sw"]}}, "grid.permutations lost T1s_Ss, T1s_Sw, T1w_Ss"),
-        (LISTED, {"grid": {"temperatures": [10.0]}}, "grid.temperatures lost 4.0"),
+        (TINY, {"grid": {"seeds": [1]}}, "grid.seeds [0]"),
+        (TINY, {"grid": {"losses": ["zscore_kd"]}}, "grid.losses ['kd']"),
+        (LISTED, {"grid": {"permutations": ["T1s_Ss"]}}, "grid.permutations ['T1w_Sw']"),
+        (TINY, {"grid": {"permutations": ["T1w_Sw"]}}, "grid.permutations ['T1s_Ss', 'T1s_Sw', 'T1w_Ss']"),
+        (LISTED, {"grid": {"temperatures": [10.0]}}, "grid.temperatures [4.0]"),
         (
             merged(TINY, {"datasets": [*TINY["datasets"], SECOND_DATASET]}),
             {"datasets": TINY["datasets"]},
-            "datasets lost 'synthetic_b'",
+            "datasets ['synthetic_b']",
         ),
     ],
 )
 def test_a_removed_grid_value_is_refused_and_named(tmp_path, base, override, named) -> None:
     results = _saved(tmp_path, base)
     line = _refusal(results, merged(base, override))
-    assert f"removed: {named}" in line
+    assert f"removed {named}" in line
     assert "saved config must describe" in line  # why shrinking is refused
 
 
@@ -172,7 +172,7 @@ def test_a_refused_or_checked_grow_leaves_the_saved_config_as_it_was(tmp_path) -
     grown = merged(TINY, {"grid": {"seeds": [0, 1]}, "runtime": {"channels_last": True}})
     with pytest.raises(ResultsError, match="would mix two numerics"):
         sweep_mod.run_sweep(parse_config(grown), results, resume=True)
-    with pytest.raises(ResultsError, match="grid.seeds lost 0"):
+    with pytest.raises(ResultsError, match=r"removed grid\.seeds \[0\]"):
         sweep_mod.run_sweep(parse_config(merged(TINY, {"grid": {"seeds": [1]}})), results, resume=True)
     assert (tmp_path / "results" / "tiny" / "config.yaml").read_bytes() == saved
 

@@ -83,7 +83,7 @@ def _compare_datasets(saved: list, new: list, changed: list[str], removed: list[
     for dataset in saved:
         key = _dataset_key(dataset)
         if key not in new_by_key:
-            removed.append(f"datasets lost {key!r}")
+            removed.append(f"datasets [{key!r}]")
             continue
         index, now = new_by_key.pop(key)
         _changed_keys(dataset, now, f"datasets.{index}", changed)
@@ -112,7 +112,7 @@ def _compare_grid(saved: Mapping, new: Mapping, changed: list[str], removed: lis
 
     def compare_sets(key: str, old: set, now: set) -> None:
         if old - now:
-            removed.append(f"{key} lost {', '.join(map(str, _sorted(old - now)))}")
+            removed.append(f"{key} {_sorted(old - now)}")
         if now - old:
             added[key] = _sorted(now - old)
 
@@ -161,11 +161,11 @@ def growth(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Growth:
     if changed or removed:
         parts = []
         if changed:
-            parts.append("changed: " + ", ".join(changed))
+            parts.append("changed " + ", ".join(changed))
         if removed:
             parts.append(
-                "removed: " + ", ".join(removed) + " (their trials are in the results, which the "
-                "saved config must describe; start a new sweep to run fewer)"
+                "removed " + ", ".join(removed) + " (their trials are in the results, and the saved "
+                "config must describe every trial there)"
             )
         raise NotAGrowth("; ".join(parts))
     return Growth(added)

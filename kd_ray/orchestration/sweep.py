@@ -138,8 +138,8 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
             grown = growth(saved, _comparable(config_yaml))
         except NotAGrowth as err:
             raise ResultsError(
-                f"{sweep.uri}/config.yaml: the config changed since this sweep started ({err}); "
-                f"only {', '.join(_RESUMABLE_CHANGES)} and data locations may change on --resume, "
+                f"{sweep.uri}/config.yaml: the config changed since this sweep started: {err}. "
+                f"Only {', '.join(_RESUMABLE_CHANGES)} and data locations may change on --resume, "
                 "and grid values may be added; start a new sweep (another name or --results) for "
                 "anything else"
             ) from None
