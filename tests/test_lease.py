@@ -22,18 +22,7 @@ from pathlib import Path
 
 import pytest
 from _sweep_helpers import (
-    REPO,
-    cli_env,
-    copy_teachers,
-    kd_ray_cmd,
-    kill_processes_under,
-    kill_tree,
-    ray_tmpdir,
-    start_cli,
     table,
-    uninterrupted_run,
-    user_error_line,
-    wait_for,
     write_config,
 )
 
@@ -363,45 +352,5 @@ def test_dry_run_takes_no_lease(tmp_path, capsys):
     assert "4 student trials" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_a_second_driver_of_a_running_sweep_refuses_with_one_line(tmp_path):
-    config = write_config(tmp_path, {"grid": {"permutations": ["T1w_Sw"]}})  # 1 teacher, 1 trial
-    results = tmp_path / "results"
-    copy_teachers(uninterrupted_run(), results)  # only the student run: the lease is what is tested
-    first_tmp, second_tmp = ray_tmpdir(), ray_tmpdir()
-    log = tmp_path / "first.log"
-    first = start_cli(
-        "sweep", str(config), "--results", str(results), "--no-report", "-q", log=log, ray_tmp=first_tmp
-    )
-    try:
-        wait_for(lambda: (results / "tiny.lease").exists(), 120, "the first driver's lease", first)
-        holder = json.loads((results / "tiny.lease").read_text())
-        assert holder["pid"] == first.pid
-        started = time.monotonic()
-        second = subprocess.run(
-            kd_ray_cmd("sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO,
-            env=cli_env(second_tmp),
-        )
-        second_s = time.monotonic() - started
-        assert second.returncode == 2, second.stdout + second.stderr
-        line = user_error_line(second.stderr)
-        assert f"{results}/tiny.lease: sweep 'tiny' is being run by another driver" in line
-        assert f"pid {first.pid}" in line and holder["owner"] in line
-        # It refused before starting Ray: no session directory in its Ray temp dir.
-        assert not list(Path(second_tmp).rglob("session_*")), os.listdir(second_tmp)
-        assert first.poll() is None, "the first driver stopped"
-        rc = first.wait(timeout=500)
-    finally:
-        kill_tree(first, first_tmp)
-        kill_processes_under(second_tmp)
-    output = log.read_text()
-    assert rc == 0, output[-4000:]
-    assert "lost its lease" not in output
-    trials = table(results / "tiny", "trials")
-    assert len(trials) == 1 and set(trials["status"]) == {"ok"}
-    assert not (results / "tiny.lease").exists() and not list((results / "_teachers").glob("*.lease"))
-    print(f"second driver refused in {second_s:.1f} s: {line}")
+# The end-to-end check of a second driver (the real CLI against a running sweep) shares one
+# interrupted sweep with the Ctrl-C test: tests/test_interrupt.py.
