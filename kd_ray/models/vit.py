@@ -11,6 +11,7 @@ digits-scale studies.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from torch import nn
 from torchvision.models import ViT_B_16_Weights, ViT_B_32_Weights, WeightsEnum
@@ -18,27 +19,37 @@ from torchvision.models.vision_transformer import VisionTransformer, interpolate
 
 from kd_ray.errors import ConfigError
 from kd_ray.models._builder import adapt_input_conv, load_state, load_weights, no_pretrained, resolve_weights
-from kd_ray.models._registry import MODELS
+from kd_ray.models._registry import MODELS, ModelFactory
+
+
+@dataclass(frozen=True)
+class _ViTSize:
+    """What sets one ViT apart from another: its patch side and transformer sizes."""
+
+    patch_size: int
+    num_layers: int
+    num_heads: int
+    hidden_dim: int
+    mlp_dim: int
 
 
 def _vit(
     name: str,
+    size: _ViTSize,
     *,
-    patch_size: int,
-    num_layers: int,
-    num_heads: int,
-    hidden_dim: int,
-    mlp_dim: int,
     num_classes: int,
     in_channels: int,
     image_size: int,
     weights: WeightsEnum | None,
 ) -> VisionTransformer:
+    patch_size = size.patch_size
     if image_size % patch_size:
         raise ConfigError(
             f"model {name!r}: image_size {image_size} must be a multiple of the patch size {patch_size}"
         )
-    width = dict(num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim, mlp_dim=mlp_dim)
+    width = dict(
+        num_layers=size.num_layers, num_heads=size.num_heads, hidden_dim=size.hidden_dim, mlp_dim=size.mlp_dim
+    )
     if weights is None:
         model = VisionTransformer(image_size, patch_size, num_classes=num_classes, **width)
     else:
@@ -49,7 +60,7 @@ def _vit(
         )
         load_state(name, model, state)
         if num_classes != model.heads.head.out_features:
-            model.heads.head = nn.Linear(hidden_dim, num_classes)
+            model.heads.head = nn.Linear(size.hidden_dim, num_classes)
             # Zero head, as torchvision initialises it: the pretrained features start unperturbed.
             nn.init.zeros_(model.heads.head.weight)
             nn.init.zeros_(model.heads.head.bias)
@@ -64,80 +75,63 @@ def _vit(
     return model
 
 
-@MODELS.register("vit_b_16")
-def vit_b_16(
-    *, num_classes: int, in_channels: int = 3, pretrained: bool | str = False, image_size: int | None = None
-) -> VisionTransformer:
-    """ViT-B/16 (12 blocks, 768 wide); ``pretrained=True`` loads ``ViT_B_16_Weights.IMAGENET1K_V1``.
+def _register_vit(
+    name: str, size: _ViTSize, weights_enum: type[WeightsEnum] | None, default_image_size: int, doc: str
+) -> ModelFactory:
+    """Register the factory of the ViT ``name``; every ViT size is built the same way.
 
-    Args:
-        num_classes: Head size.
-        in_channels: Input channels; the patch projection is adapted.
-        pretrained: ``True``, ``False`` or a ``ViT_B_16_Weights`` member name.
-        image_size: Input side in pixels, a multiple of 16; default 224.
+    ``weights_enum`` is the torchvision checkpoint enum, or None where no checkpoint exists (then
+    ``pretrained`` must be false). ``image_size`` must be a multiple of the patch side and
+    defaults to ``default_image_size``; ``in_channels`` other than 3 adapts the patch projection.
     """
-    return _vit(
-        "vit_b_16",
-        patch_size=16,
-        num_layers=12,
-        num_heads=12,
-        hidden_dim=768,
-        mlp_dim=3072,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size or 224,
-        weights=resolve_weights("vit_b_16", ViT_B_16_Weights, pretrained),
+
+    def factory(
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        pretrained: bool | str = False,
+        image_size: int | None = None,
+    ) -> VisionTransformer:
+        if weights_enum is None:
+            no_pretrained(name, pretrained)
+            weights = None
+        else:
+            weights = resolve_weights(name, weights_enum, pretrained)
+        return _vit(
+            name,
+            size,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size or default_image_size,
+            weights=weights,
+        )
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return MODELS.register(name)(factory)
+
+
+def _register_vit_b(patch_size: int, weights_enum: type[WeightsEnum]) -> ModelFactory:
+    """Register ``vit_b_<patch_size>``: ViT-B (12 blocks, 12 heads, 768 wide, 3072-wide MLP) at 224 px.
+
+    The paper's two ViT-B sizes differ only in the patch side and the checkpoint.
+    """
+    return _register_vit(
+        f"vit_b_{patch_size}",
+        _ViTSize(patch_size, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072),
+        weights_enum,
+        224,
+        f"ViT-B/{patch_size} (12 blocks, 768 wide); ``pretrained=True`` loads"
+        f" ``{weights_enum.__name__}.IMAGENET1K_V1``.",
     )
 
 
-@MODELS.register("vit_b_32")
-def vit_b_32(
-    *, num_classes: int, in_channels: int = 3, pretrained: bool | str = False, image_size: int | None = None
-) -> VisionTransformer:
-    """ViT-B/32 (12 blocks, 768 wide); ``pretrained=True`` loads ``ViT_B_32_Weights.IMAGENET1K_V1``.
-
-    Args:
-        num_classes: Head size.
-        in_channels: Input channels; the patch projection is adapted.
-        pretrained: ``True``, ``False`` or a ``ViT_B_32_Weights`` member name.
-        image_size: Input side in pixels, a multiple of 32; default 224.
-    """
-    return _vit(
-        "vit_b_32",
-        patch_size=32,
-        num_layers=12,
-        num_heads=12,
-        hidden_dim=768,
-        mlp_dim=3072,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size or 224,
-        weights=resolve_weights("vit_b_32", ViT_B_32_Weights, pretrained),
-    )
-
-
-@MODELS.register("vit_tiny")
-def vit_tiny(
-    *, num_classes: int, in_channels: int = 3, pretrained: bool | str = False, image_size: int | None = None
-) -> VisionTransformer:
-    """Two blocks, 4 heads, 64 wide, 4-px patches: an attention grid of ``image_size / 4``.
-
-    Args:
-        num_classes: Head size.
-        in_channels: Input channels.
-        pretrained: Must be false (no checkpoint exists).
-        image_size: Input side in pixels, a multiple of 4; default 32 (8x8 patch grid).
-    """
-    no_pretrained("vit_tiny", pretrained)
-    return _vit(
-        "vit_tiny",
-        patch_size=4,
-        num_layers=2,
-        num_heads=4,
-        hidden_dim=64,
-        mlp_dim=128,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size or 32,
-        weights=None,
-    )
+vit_b_16 = _register_vit_b(16, ViT_B_16_Weights)
+vit_b_32 = _register_vit_b(32, ViT_B_32_Weights)
+vit_tiny = _register_vit(
+    "vit_tiny",
+    _ViTSize(patch_size=4, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128),
+    None,
+    32,
+    "Two blocks, 4 heads, 64 wide, 4-px patches: an attention grid of ``image_size / 4`` (8x8 at 32 px).",
+)
