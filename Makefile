@@ -23,11 +23,14 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/kd-ray sweep experiments/demo.yaml --resume
 
-# Headless Chromium for the report's real-browser test (Debian package).
+# Headless Chromium for the report's real-browser test (Debian package). The test runs it with
+# --headless --disable-gpu, so its recommends (Mesa's GL drivers, printing, notifications) are
+# not needed: only the browser and one font set for the page's text.
 browser:
 	@command -v chromium >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+		$$SUDO apt-get update -qq && \
+		$$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
 
 # Unit tests first, in 2 processes (CPU-bound: pytest-xdist halves them on 2 cores), then the
 # end-to-end tests in one, which start Ray clusters and share one across the session. Each
