@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights, ResNet50_Weights, WeightsEnum
 
 from kd_ray.models._builder import adapt_input_conv, load_state, load_weights, no_pretrained, resolve_weights
-from kd_ray.models._registry import MODELS
+from kd_ray.models._registry import MODELS, ModelFactory
 
 
 def _replace_head(model: ResNet, num_classes: int) -> None:
@@ -83,25 +83,30 @@ def resnet50(
     )
 
 
-@MODELS.register("resnet18_cifar")
-def resnet18_cifar(
-    *, num_classes: int, in_channels: int = 3, pretrained: bool | str = False, image_size: int | None = None
-) -> ResNet:
-    """ResNet18 with a 3x3/stride-1 stem and no max-pool, for 32x32 inputs; trained from scratch.
+def _register_cifar_resnet(depth: int, builder: Callable[..., ResNet]) -> ModelFactory:
+    """Register ``resnet<depth>_cifar``: ``builder``'s ResNet with the CIFAR stem, trained from scratch.
 
-    There is no checkpoint for this stem, so ``pretrained`` must be false. ``image_size`` is ignored.
+    The 18- and 50-layer variants differ only in the torchvision builder. There is no checkpoint
+    for this stem, so ``pretrained`` must be false; ``image_size`` is ignored.
     """
-    no_pretrained("resnet18_cifar", pretrained)
-    return _cifar_resnet(torchvision.models.resnet18, num_classes, in_channels)
+    name = f"resnet{depth}_cifar"
+
+    def factory(
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        pretrained: bool | str = False,
+        image_size: int | None = None,
+    ) -> ResNet:
+        no_pretrained(name, pretrained)
+        return _cifar_resnet(builder, num_classes, in_channels)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = (
+        f"ResNet{depth} with a 3x3/stride-1 stem and no max-pool, for 32x32 inputs; trained from scratch."
+    )
+    return MODELS.register(name)(factory)
 
 
-@MODELS.register("resnet50_cifar")
-def resnet50_cifar(
-    *, num_classes: int, in_channels: int = 3, pretrained: bool | str = False, image_size: int | None = None
-) -> ResNet:
-    """ResNet50 with a 3x3/stride-1 stem and no max-pool, for 32x32 inputs; trained from scratch.
-
-    There is no checkpoint for this stem, so ``pretrained`` must be false. ``image_size`` is ignored.
-    """
-    no_pretrained("resnet50_cifar", pretrained)
-    return _cifar_resnet(torchvision.models.resnet50, num_classes, in_channels)
+resnet18_cifar = _register_cifar_resnet(18, torchvision.models.resnet18)
+resnet50_cifar = _register_cifar_resnet(50, torchvision.models.resnet50)
