@@ -7,6 +7,7 @@ scalar to minimise; the train loop looks it up by the sweep config's ``loss`` na
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -120,36 +121,9 @@ def _zscore(logits: Tensor) -> Tensor:
     return (logits - mean) / (std + ZSCORE_EPS)
 
 
-@LOSSES.register("kd")
-def kd_loss(
-    student_logits: ArrayLike,
-    teacher_logits_list: Sequence[ArrayLike] | ArrayLike,
-    targets: ArrayLike,
-    *,
-    temperature: float = 10.0,
-    alpha: float = 0.2,
-) -> Tensor:
-    """Vanilla ensemble KD (Hinton et al. 2015): :func:`distillation_loss` on raw logits."""
-    return distillation_loss(
-        student_logits, teacher_logits_list, targets, temperature=temperature, alpha=alpha
-    )
-
-
-@LOSSES.register("zscore_kd")
-def zscore_kd_loss(
-    student_logits: ArrayLike,
-    teacher_logits_list: Sequence[ArrayLike] | ArrayLike,
-    targets: ArrayLike,
-    *,
-    temperature: float = 10.0,
-    alpha: float = 0.2,
-) -> Tensor:
-    """Ensemble KD with logit standardisation (Sun et al. 2024) inside the KD term only."""
-    return distillation_loss(
-        student_logits,
-        teacher_logits_list,
-        targets,
-        temperature=temperature,
-        alpha=alpha,
-        standardize=True,
-    )
+# The registered losses are distillation_loss itself, with or without logit standardisation:
+# one function serves both, so "kd" and "zscore_kd" cannot drift apart in anything but that switch.
+kd_loss = LOSSES.register("kd")(functools.partial(distillation_loss, standardize=False))
+"""Vanilla ensemble KD (Hinton et al. 2015): :func:`distillation_loss` on raw logits."""
+zscore_kd_loss = LOSSES.register("zscore_kd")(functools.partial(distillation_loss, standardize=True))
+"""Ensemble KD with logit standardisation (Sun et al. 2024) inside the KD term only."""
