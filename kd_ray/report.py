@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -27,6 +28,8 @@ from kd_ray.errors import ResultsError
 from kd_ray.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+Built = TypeVar("Built")  # what a page section builds: a figure or a table
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1280px;
@@ -129,13 +132,19 @@ class _Page:
     def add(self, markup: str) -> None:
         self.parts.append(markup)
 
-    def figure(self, slug: str, build: Callable[[], go.Figure]) -> None:
+    def _build(self, slug: str, build: Callable[[], Built]) -> Built | None:
+        """``build()``, or None after a sentence saying why its data is missing (the page goes on)."""
         try:
-            fig = build()
+            return build()
         except A.NoData as reason:
             self.parts.append(
                 f'<p class="nodata" data-missing="{slug}">Not shown: {html.escape(str(reason))}.</p>'
             )
+            return None
+
+    def figure(self, slug: str, build: Callable[[], go.Figure]) -> None:
+        fig = self._build(slug, build)
+        if fig is None:
             return
         self.n_figures += 1
         div = pio.to_html(
@@ -144,14 +153,9 @@ class _Page:
         self.parts.append(f'<div class="kd-figure" data-figure="{slug}">{div}</div>')
 
     def table(self, slug: str, build: Callable[[], pd.DataFrame]) -> None:
-        try:
-            table = build()
-        except A.NoData as reason:
-            self.parts.append(
-                f'<p class="nodata" data-missing="{slug}">Not shown: {html.escape(str(reason))}.</p>'
-            )
-            return
-        self.parts.append(_table_html(table, f"table-{slug}"))
+        table = self._build(slug, build)
+        if table is not None:
+            self.parts.append(_table_html(table, f"table-{slug}"))
 
 
 def partial_label(finished: int, planned: int) -> str:
