@@ -114,6 +114,7 @@ def test_reordered_values_are_no_change(tmp_path) -> None:
 def test_settings_of_where_and_how_fast_still_change_freely(tmp_path) -> None:
     results = _saved(tmp_path, TINY)
     _resume(results, merged(TINY, {"resources": {"max_concurrent_trials": 1}, "grid": {"seeds": [0, 1]}}))
+    _resume(results, merged(TINY, {"report": {"every_minutes": 5}}))  # how often, not what
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ def test_a_changed_field_outside_the_grid_is_refused_by_its_key(tmp_path, overri
     line = _refusal(results, merged(merged(TINY, override), {"grid": {"seeds": [0, 1]}}))
     assert "the config changed since this sweep started" in line
     assert f"changed {named}" in line
-    assert "Only resources, runtime, failure, results, trackers and data locations may change" in line
+    assert "Only resources, runtime, failure, results, trackers, report and data locations may change" in line
 
 
 @pytest.mark.parametrize(

@@ -68,8 +68,8 @@ from kd_ray.trackers import Trackers, check_trackers
 log = logging.getLogger(__name__)
 
 # Settings that may change between a sweep and its resume: they decide where and how fast
-# trials run, not what they compute.
-_RESUMABLE_CHANGES = ("resources", "runtime", "failure", "results", "trackers")
+# trials run, or how often the report is written, not what trials compute.
+_RESUMABLE_CHANGES = ("resources", "runtime", "failure", "results", "trackers", "report")
 
 
 @dataclass(frozen=True)
