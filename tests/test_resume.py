@@ -179,7 +179,7 @@ def test_finished_runs_keep_no_training_checkpoints_only_small_student_weights()
     weights = sorted((results / "tiny" / "students").glob("*.pt"))
     assert [p.stem for p in weights] == sorted(trials["trial_id"])
     state = torch.load(weights[0], weights_only=True)
-    assert state["format"] == "kd_ray.student.v1" and set(state) >= {"state_dict", "fingerprint"}
+    assert state["format"] == "kd_ray.student.v2" and set(state) >= {"state_dict", "fingerprint"}
     assert all(isinstance(v, torch.Tensor) for v in state["state_dict"].values())  # no optimiser
     assert not [p for p in results.rglob("*.tmp")]
 
