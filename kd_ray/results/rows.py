@@ -112,11 +112,13 @@ def trial_row(
     return row
 
 
-def teacher_row(
-    spec: TeacherSpec, *, info: Mapping[str, Any] | None, status: str, error: str | None, checkpoint: str
-) -> dict[str, Any]:
-    """The ``teachers`` row of one distinct teacher."""
-    info = info or {}
+def teacher_fields(spec: TeacherSpec) -> dict[str, Any]:
+    """What names one teacher, as its ``teachers`` row and its tracker run both record it.
+
+    Every field of the spec but ``pretrained``, which each adds in its own form (a bool column
+    in the table, the setting as text among a run's parameters); one function, so the table and
+    the trackers cannot name a teacher differently.
+    """
     return {
         "teacher_id": spec.teacher_id,
         "name": spec.name,
@@ -125,6 +127,16 @@ def teacher_row(
         "slot": spec.slot,
         "aug": spec.aug,
         "seed": spec.seed,
+    }
+
+
+def teacher_row(
+    spec: TeacherSpec, *, info: Mapping[str, Any] | None, status: str, error: str | None, checkpoint: str
+) -> dict[str, Any]:
+    """The ``teachers`` row of one distinct teacher."""
+    info = info or {}
+    return {
+        **teacher_fields(spec),
         "pretrained": bool(spec.pretrained),
         "status": status,
         "error": error or None,

@@ -79,16 +79,11 @@ def student_run(
 
 def teacher_run(spec: TeacherSpec, *, sweep: str, sweep_id: str) -> RunInfo:
     """The run of a teacher: its spec as parameters."""
-    params: dict[str, Any] = {
-        "teacher_id": spec.teacher_id,
-        "name": spec.name,
-        "dataset": spec.dataset,
-        "arch": spec.arch,
-        "slot": spec.slot,
-        "aug": spec.aug,
-        "seed": spec.seed,
-        "pretrained": str(spec.pretrained),
-    }
+    # Imported here: results.rows pulls in torch (its metrics), which `kd_ray sweep`'s
+    # preflight check of the trackers should not wait for.
+    from kd_ray.results.rows import teacher_fields
+
+    params: dict[str, Any] = {**teacher_fields(spec), "pretrained": str(spec.pretrained)}
     key = f"teacher/{spec.teacher_id}"
     return RunInfo(
         key,
