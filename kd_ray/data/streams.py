@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -288,32 +289,13 @@ def build_loaders(
     )
 
 
-def teacher_loaders(
-    datasets: ImageDatasets,
-    *,
-    aug: str,
-    global_batch_size: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    loader_workers: int = 0,
-    pin_memory: bool = False,
-    eval_batch_size: int | None = None,
-) -> SplitLoaders:
-    """Loaders of a teacher's own training: its augmentation, its own seeded stream.
+def teacher_loaders(datasets: ImageDatasets, *, aug: str, seed: int, **options: Any) -> SplitLoaders:
+    """Loaders of a teacher's own training: :func:`build_loaders` with its augmentation and stream.
 
     ``seed`` should identify the teacher (e.g. ``stable_seed`` of its id): ``T1w`` and ``T2w``
     are different models with different data orders (docs/experiments.md#teachers). ``val`` is
-    clean; ``val_aug`` goes through the teacher's augmentation, fixed across epochs.
+    clean; ``val_aug`` goes through the teacher's augmentation, fixed across epochs. ``options``
+    are :func:`build_loaders`' batch and sharding keywords (``global_batch_size``, ``rank``,
+    ``world_size``, ...), passed on unchanged: a teacher's batches are built as a student's are.
     """
-    return build_loaders(
-        datasets,
-        student_aug=aug,
-        global_batch_size=global_batch_size,
-        stream_seed=seed,
-        rank=rank,
-        world_size=world_size,
-        loader_workers=loader_workers,
-        pin_memory=pin_memory,
-        eval_batch_size=eval_batch_size,
-    )
+    return build_loaders(datasets, student_aug=aug, stream_seed=seed, **options)
