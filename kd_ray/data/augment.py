@@ -30,6 +30,7 @@ center-cropped to ``S`` (the 256 → 224 evaluation transform).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,52 +76,43 @@ def _autoaugment(policy: v2.AutoAugmentPolicy) -> Callable[[], v2.Transform]:
 
 _SQUAREISH = (3.0 / 4.0, 4.0 / 3.0)
 
+
+def _small_image_policy(
+    crop_scale: tuple[float, float],
+    crop_ratio: tuple[float, float],
+    flip: bool,
+    weak_extra: Callable[[], list[v2.Transform]],
+) -> _Policy:
+    """A policy for small images (CIFAR, digits, synthetic), which share their strong recipe:
+    AutoAugment's CIFAR-10 policy then Cutout; they are evaluated as they are (no resize)."""
+    return _Policy(
+        crop_scale=crop_scale,
+        crop_ratio=crop_ratio,
+        flip=flip,
+        weak_extra=weak_extra,
+        strong_op=_autoaugment(v2.AutoAugmentPolicy.CIFAR10),
+        cutout=True,
+        eval_resize=False,
+    )
+
+
+_IMAGENET = _Policy(
+    crop_scale=(0.08, 1.0),
+    crop_ratio=_SQUAREISH,
+    flip=True,
+    weak_extra=_colour_jitter(0.4),
+    strong_op=_autoaugment(v2.AutoAugmentPolicy.IMAGENET),
+    cutout=False,
+    eval_resize=True,
+)
+
 POLICIES: dict[str, _Policy] = {
-    "cifar": _Policy(
-        crop_scale=(0.5, 1.0),
-        crop_ratio=_SQUAREISH,
-        flip=True,
-        weak_extra=_colour_jitter(0.2),
-        strong_op=_autoaugment(v2.AutoAugmentPolicy.CIFAR10),
-        cutout=True,
-        eval_resize=False,
-    ),
-    "digits": _Policy(
-        crop_scale=(0.7, 1.0),
-        crop_ratio=(0.9, 1.1),
-        flip=False,
-        weak_extra=_rotation(10.0),
-        strong_op=_autoaugment(v2.AutoAugmentPolicy.CIFAR10),
-        cutout=True,
-        eval_resize=False,
-    ),
-    "synthetic": _Policy(
-        crop_scale=(0.5, 1.0),
-        crop_ratio=_SQUAREISH,
-        flip=True,
-        weak_extra=_rotation(10.0),
-        strong_op=_autoaugment(v2.AutoAugmentPolicy.CIFAR10),
-        cutout=True,
-        eval_resize=False,
-    ),
-    "imagenet": _Policy(
-        crop_scale=(0.08, 1.0),
-        crop_ratio=_SQUAREISH,
-        flip=True,
-        weak_extra=_colour_jitter(0.4),
-        strong_op=_autoaugment(v2.AutoAugmentPolicy.IMAGENET),
-        cutout=False,
-        eval_resize=True,
-    ),
-    "imagenet_lt": _Policy(
-        crop_scale=(0.08, 1.0),
-        crop_ratio=_SQUAREISH,
-        flip=True,
-        weak_extra=_colour_jitter(0.4),
-        strong_op=lambda: v2.RandAugment(num_ops=2, magnitude=9),
-        cutout=False,
-        eval_resize=True,
-    ),
+    "cifar": _small_image_policy((0.5, 1.0), _SQUAREISH, flip=True, weak_extra=_colour_jitter(0.2)),
+    "digits": _small_image_policy((0.7, 1.0), (0.9, 1.1), flip=False, weak_extra=_rotation(10.0)),
+    "synthetic": _small_image_policy((0.5, 1.0), _SQUAREISH, flip=True, weak_extra=_rotation(10.0)),
+    "imagenet": _IMAGENET,
+    # ImageNet-LT differs from ImageNet only in its strong augmentation.
+    "imagenet_lt": dataclasses.replace(_IMAGENET, strong_op=lambda: v2.RandAugment(num_ops=2, magnitude=9)),
 }
 """Augmentation policy of each dataset family (``ImageDatasets.family``)."""
 
