@@ -10,6 +10,8 @@ series (``kd · τ=4``) with its own points: seeds are averaged within a value, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -37,16 +39,33 @@ def is_vit(arch: pd.Series) -> pd.Series:
     return arch.str.lower().str.contains("vit", regex=False)
 
 
-def _select(trials: pd.DataFrame, *, n_teachers: int | None, vit: bool | None, what: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class _Trials:
+    """Which successful full-view trials a figure plots, and how a NoData message names them."""
+
+    n_teachers: int | None  # None: any teacher count
+    vit: bool | None  # teachers are ViTs (True), CNNs (False), or either (None)
+    what: str  # e.g. "with 2 CNN teachers"
+
+
+# The main-text figures (2, 3, B.5, D.6) all plot the paper's 2-CNN-teacher trials.
+_TWO_CNN_TEACHERS = _Trials(n_teachers=2, vit=False, what="with 2 CNN teachers")
+_TWO_TEACHERS = _Trials(n_teachers=2, vit=None, what="with 2 teachers")
+_THREE_TEACHERS = _Trials(n_teachers=3, vit=None, what="with 3 teachers")
+_VIT_TEACHERS = _Trials(n_teachers=None, vit=True, what="with ViT teachers")
+_ANY_TEACHERS = _Trials(n_teachers=None, vit=None, what="")
+
+
+def _select(trials: pd.DataFrame, which: _Trials) -> pd.DataFrame:
     ok = ok_trials(trials)
     ok = ok[ok["view"] == "full"]
-    if n_teachers is not None:
-        ok = ok[ok["n_teachers"] == n_teachers]
-    if vit is not None:
-        ok = ok[is_vit(ok["teacher_arch"]) == vit]
+    if which.n_teachers is not None:
+        ok = ok[ok["n_teachers"] == which.n_teachers]
+    if which.vit is not None:
+        ok = ok[is_vit(ok["teacher_arch"]) == which.vit]
     if ok.empty:
         raise NoData(
-            " ".join(["no successful full-view trials", what, "in these results"]).replace("  ", " ")
+            " ".join(["no successful full-view trials", which.what, "in these results"]).replace("  ", " ")
         )
     return ok
 
@@ -130,21 +149,15 @@ def scatter_grid(points: pd.DataFrame, panels: list[tuple[str, str]], title: str
     return fig
 
 
-def _figure(
-    trials: pd.DataFrame,
-    panels: list[tuple[str, str]],
-    title: str,
-    *,
-    n_teachers: int | None,
-    vit: bool | None,
-    what: str,
-) -> go.Figure:
-    selected = _select(trials, n_teachers=n_teachers, vit=vit, what=what)
+def _figure(trials: pd.DataFrame, which: _Trials, panels: list[tuple[str, str]], title: str) -> go.Figure:
+    selected = _select(trials, which)
     metrics = list(dict.fromkeys(m for panel in panels for m in panel))
     points = seed_means(selected, metrics)
     if points[metrics].isna().all().any():
         empty = [m for m in metrics if points[m].isna().all()]
-        raise NoData(f"metric {', '.join(empty)} is NaN in every trial {what} (e.g. teacher IoU needs k ≥ 2)")
+        raise NoData(
+            f"metric {', '.join(empty)} is NaN in every trial {which.what} (e.g. teacher IoU needs k ≥ 2)"
+        )
     return scatter_grid(points, panels, title)
 
 
@@ -155,11 +168,9 @@ def fig1_overview(trials: pd.DataFrame) -> go.Figure:
     """
     return _figure(
         trials,
+        _TWO_TEACHERS,
         [("val_acc", "iou_teachers"), ("val_acc", "agreement")],
         "Fig 1 · teacher attention IoU and fidelity vs student accuracy (2 teachers, during KD training)",
-        n_teachers=2,
-        vit=None,
-        what="with 2 teachers",
     )
 
 
@@ -167,11 +178,9 @@ def fig2_iou_vs_acc(trials: pd.DataFrame) -> go.Figure:
     """Fig 2 (top): IoU between T1 and T2 attentions vs student val accuracy."""
     return _figure(
         trials,
+        _TWO_CNN_TEACHERS,
         [("val_acc", "iou_teachers")],
         "Fig 2 · IoU between T1 and T2 attentions vs student val accuracy",
-        n_teachers=2,
-        vit=False,
-        what="with 2 CNN teachers",
     )
 
 
@@ -179,11 +188,9 @@ def fig3_fidelity_mi(trials: pd.DataFrame) -> go.Figure:
     """Fig 3: fidelity (top-1 agreement, top) and mutual information (bottom) vs val accuracy."""
     return _figure(
         trials,
+        _TWO_CNN_TEACHERS,
         [("val_acc", "agreement"), ("val_acc", "mi")],
         "Fig 3 · fidelity (top) and mutual information (bottom) vs student val accuracy",
-        n_teachers=2,
-        vit=False,
-        what="with 2 CNN teachers",
     )
 
 
@@ -191,11 +198,9 @@ def fig_b5_kl(trials: pd.DataFrame) -> go.Figure:
     """Fig B.5: fidelity measured as KL(ensemble ‖ student) vs val accuracy (higher KL = lower fidelity)."""
     return _figure(
         trials,
+        _TWO_CNN_TEACHERS,
         [("val_acc", "kl")],
         "Fig B.5 · KL divergence between teacher ensemble and student vs student val accuracy",
-        n_teachers=2,
-        vit=False,
-        what="with 2 CNN teachers",
     )
 
 
@@ -203,17 +208,15 @@ def fig_d6_iou_vs_affinity(trials: pd.DataFrame) -> go.Figure:
     """Fig D.6: IoU between T1 and T2 attentions vs affinity (lower affinity = stronger augmentation)."""
     return _figure(
         trials,
+        _TWO_CNN_TEACHERS,
         [("affinity", "iou_teachers")],
         "Fig D.6 · IoU between T1 and T2 attentions vs affinity",
-        n_teachers=2,
-        vit=False,
-        what="with 2 CNN teachers",
     )
 
 
 def fig_e7_vit(trials: pd.DataFrame) -> go.Figure:
     """Fig E.7: ViT teachers: fidelity (left) and teacher IoU (right) vs val accuracy."""
-    selected = _select(trials, n_teachers=None, vit=True, what="with ViT teachers")
+    selected = _select(trials, _VIT_TEACHERS)
     points = seed_means(selected, ["val_acc", "agreement", "iou_teachers"])
     fig = scatter_grid(points, [("val_acc", "agreement"), ("val_acc", "iou_teachers")], "")
     fig.update_layout(
@@ -226,17 +229,15 @@ def fig_f8_three_teachers(trials: pd.DataFrame) -> go.Figure:
     """Fig F.8: 3-teacher ensembles: teacher IoU, fidelity, MI and student entropy vs val accuracy."""
     return _figure(
         trials,
+        _THREE_TEACHERS,
         [("val_acc", "iou_teachers"), ("val_acc", "agreement"), ("val_acc", "mi"), ("val_acc", "entropy")],
         "Fig F.8 · 3 teachers: teacher IoU, fidelity, MI and student entropy vs val accuracy",
-        n_teachers=3,
-        vit=None,
-        what="with 3 teachers",
     )
 
 
 def fig_h9_entropy_gap(trials: pd.DataFrame) -> go.Figure:
     """Fig H.9 (top): student entropy vs overfitting (train − val accuracy gap), all teacher counts."""
-    selected = _select(trials, n_teachers=None, vit=None, what="")
+    selected = _select(trials, _ANY_TEACHERS)
     points = seed_means(selected, ["gap", "entropy"])
     return scatter_grid(
         points, [("gap", "entropy")], "Fig H.9 (top) · student entropy vs train − val accuracy gap"
