@@ -8,6 +8,7 @@ accuracy. CAMs read ``layer4`` and ``fc`` (see :mod:`kd_ray.models.attention`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torchvision
@@ -48,7 +49,21 @@ def _imagenet_resnet(
     return model
 
 
-def _cifar_resnet(builder: Callable[..., ResNet], num_classes: int, in_channels: int) -> ResNet:
+def _cifar_resnet(
+    name: str,
+    builder: Callable[..., ResNet],
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    pretrained: bool | str = False,
+    image_size: int | None = None,
+) -> ResNet:
+    """``builder``'s ResNet with a 3x3/stride-1 stem and no max-pool, for 32x32 inputs; from scratch.
+
+    A model factory once ``name`` and ``builder`` are bound (:func:`_register_cifar_resnet`).
+    There is no checkpoint for this stem, so ``pretrained`` must be false; ``image_size`` is ignored.
+    """
+    no_pretrained(name, pretrained)
     model = builder(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -84,28 +99,9 @@ def resnet50(
 
 
 def _register_cifar_resnet(depth: int, builder: Callable[..., ResNet]) -> ModelFactory:
-    """Register ``resnet<depth>_cifar``: ``builder``'s ResNet with the CIFAR stem, trained from scratch.
-
-    The 18- and 50-layer variants differ only in the torchvision builder. There is no checkpoint
-    for this stem, so ``pretrained`` must be false; ``image_size`` is ignored.
-    """
+    """Register ``resnet<depth>_cifar``; the 18- and 50-layer variants differ only in ``builder``."""
     name = f"resnet{depth}_cifar"
-
-    def factory(
-        *,
-        num_classes: int,
-        in_channels: int = 3,
-        pretrained: bool | str = False,
-        image_size: int | None = None,
-    ) -> ResNet:
-        no_pretrained(name, pretrained)
-        return _cifar_resnet(builder, num_classes, in_channels)
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = (
-        f"ResNet{depth} with a 3x3/stride-1 stem and no max-pool, for 32x32 inputs; trained from scratch."
-    )
-    return MODELS.register(name)(factory)
+    return MODELS.register(name)(functools.partial(_cifar_resnet, name, builder))
 
 
 resnet18_cifar = _register_cifar_resnet(18, torchvision.models.resnet18)

@@ -10,6 +10,7 @@ digits-scale studies.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -75,63 +76,60 @@ def _vit(
     return model
 
 
-def _register_vit(
-    name: str, size: _ViTSize, weights_enum: type[WeightsEnum] | None, default_image_size: int, doc: str
-) -> ModelFactory:
-    """Register the factory of the ViT ``name``; every ViT size is built the same way.
+def _vit_factory(
+    name: str,
+    size: _ViTSize,
+    weights_enum: type[WeightsEnum] | None,
+    default_image_size: int,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    pretrained: bool | str = False,
+    image_size: int | None = None,
+) -> VisionTransformer:
+    """The ViT ``name`` of ``size``: a model factory once the first four are bound (:func:`_register_vit`).
 
     ``weights_enum`` is the torchvision checkpoint enum, or None where no checkpoint exists (then
     ``pretrained`` must be false). ``image_size`` must be a multiple of the patch side and
     defaults to ``default_image_size``; ``in_channels`` other than 3 adapts the patch projection.
     """
+    if weights_enum is None:
+        no_pretrained(name, pretrained)
+        weights = None
+    else:
+        weights = resolve_weights(name, weights_enum, pretrained)
+    return _vit(
+        name,
+        size,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size or default_image_size,
+        weights=weights,
+    )
 
-    def factory(
-        *,
-        num_classes: int,
-        in_channels: int = 3,
-        pretrained: bool | str = False,
-        image_size: int | None = None,
-    ) -> VisionTransformer:
-        if weights_enum is None:
-            no_pretrained(name, pretrained)
-            weights = None
-        else:
-            weights = resolve_weights(name, weights_enum, pretrained)
-        return _vit(
-            name,
-            size,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            image_size=image_size or default_image_size,
-            weights=weights,
-        )
 
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = doc
-    return MODELS.register(name)(factory)
+def _register_vit(
+    name: str, size: _ViTSize, weights_enum: type[WeightsEnum] | None, default_image_size: int
+) -> ModelFactory:
+    """Register the ViT ``name``: every ViT size is built by the one :func:`_vit_factory`."""
+    return MODELS.register(name)(
+        functools.partial(_vit_factory, name, size, weights_enum, default_image_size)
+    )
 
 
 def _register_vit_b(patch_size: int, weights_enum: type[WeightsEnum]) -> ModelFactory:
     """Register ``vit_b_<patch_size>``: ViT-B (12 blocks, 12 heads, 768 wide, 3072-wide MLP) at 224 px.
 
-    The paper's two ViT-B sizes differ only in the patch side and the checkpoint.
+    The paper's two ViT-B sizes differ only in the patch side and the checkpoint;
+    ``pretrained=True`` loads ``weights_enum.IMAGENET1K_V1``.
     """
-    return _register_vit(
-        f"vit_b_{patch_size}",
-        _ViTSize(patch_size, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072),
-        weights_enum,
-        224,
-        f"ViT-B/{patch_size} (12 blocks, 768 wide); ``pretrained=True`` loads"
-        f" ``{weights_enum.__name__}.IMAGENET1K_V1``.",
-    )
+    size = _ViTSize(patch_size, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072)
+    return _register_vit(f"vit_b_{patch_size}", size, weights_enum, 224)
 
 
 vit_b_16 = _register_vit_b(16, ViT_B_16_Weights)
 vit_b_32 = _register_vit_b(32, ViT_B_32_Weights)
+# Two blocks, 4 heads, 64 wide, 4-px patches: an attention grid of image_size / 4 (8x8 at 32 px).
 vit_tiny = _register_vit(
-    "vit_tiny",
-    _ViTSize(patch_size=4, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128),
-    None,
-    32,
-    "Two blocks, 4 heads, 64 wide, 4-px patches: an attention grid of ``image_size / 4`` (8x8 at 32 px).",
+    "vit_tiny", _ViTSize(patch_size=4, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128), None, 32
 )
