@@ -77,7 +77,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
         if has_credentials(results):
             raise ClusterError(JOINED_CLUSTER_CREDENTIALS)
-    outcome = run_sweep(cfg, results, resume=args.resume, verbose=0 if args.quiet else 1)
+    outcome = run_sweep(
+        cfg,
+        results,
+        resume=args.resume,
+        verbose=0 if args.quiet else 1,
+        partial_reports=not args.no_report,
+    )
     print(
         f"kd-ray: sweep {cfg.name!r}: {outcome.ok} trial(s) ok, {outcome.failed} failed"
         f" ({outcome.skipped} already finished); teachers trained {outcome.teachers_trained},"
@@ -169,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and store location: the config's `trackers` section, else under RESULTS/NAME; docs/trackers.md)",
     )
     sweep.add_argument("--results", help="results directory or URI (default: the config's `results`)")
-    sweep.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
+    sweep.add_argument(
+        "--no-report",
+        action="store_true",
+        help="write no HTML report: neither the partial ones during the sweep nor the final one",
+    )
     sweep.add_argument(
         "-q",
         "--quiet",

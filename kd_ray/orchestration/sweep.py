@@ -629,8 +629,19 @@ def _record_missing_teacher(
     tables.write("trials", trial.trial_id, [row])
 
 
-def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: int = 1) -> SweepOutcome:
+def run_sweep(
+    cfg: SweepConfig,
+    results: str,
+    *,
+    resume: bool = False,
+    verbose: int = 1,
+    partial_reports: bool = True,
+) -> SweepOutcome:
     """Run (or continue) the sweep ``cfg`` with results under ``results/cfg.name``.
+
+    With ``partial_reports`` (the CLI turns it off with ``--no-report``), ``report.html`` is
+    rewritten every ``report.every_minutes`` while the student stage runs
+    (:class:`kd_ray.orchestration.live_report.LiveReport`).
 
     Inputs are checked on the driver before Ray starts (data first, before anything is
     written; then the stored teachers the remaining trials need), so a user error costs seconds
@@ -648,7 +659,16 @@ def run_sweep(cfg: SweepConfig, results: str, *, resume: bool = False, verbose: 
     lease = sweep_lease(root, cfg.name)  # a second driver of this sweep refuses here, before Ray
     trackers = Trackers.from_config(cfg, sweep)  # contacts nothing until its first run
     try:
-        return _run_sweep(cfg, plan, root, sweep, resume=resume, verbose=verbose, trackers=trackers)
+        return _run_sweep(
+            cfg,
+            plan,
+            root,
+            sweep,
+            resume=resume,
+            verbose=verbose,
+            trackers=trackers,
+            partial_reports=partial_reports,
+        )
     finally:
         trackers.close()
         lease.release()
@@ -663,6 +683,7 @@ def _run_sweep(
     resume: bool,
     verbose: int,
     trackers: Trackers,
+    partial_reports: bool,
 ) -> SweepOutcome:
     tables = ResultTables(sweep)
     finished, scratch = _finished_trials(tables, cfg) if resume else (set(), set())
@@ -697,6 +718,14 @@ def _run_sweep(
             ece_bins=cfg.metrics.ece_bins,
             trackers=trackers,
         )
+        # After the collector in the list: a finished trial's row is on disk when it looks.
+        callbacks: list[Any] = [collector]
+        if partial_reports:
+            from kd_ray.orchestration.live_report import LiveReport
+
+            callbacks.append(
+                LiveReport(sweep.uri, planned_trials=len(plan.trials), every_minutes=cfg.report.every_minutes)
+            )
         items = _group_items(sweep, runnable, scratch, cfg.resources.trials_per_run)
         log.info("%d student trial(s) in %d run(s) that share data streams", len(runnable), len(items))
         _tune(
@@ -706,7 +735,7 @@ def _run_sweep(
             student_trial,
             items,
             {**base, "ray_storage": sweep.child("_ray").uri, "students": sweep.child("students").uri},
-            [collector],
+            callbacks,
             verbose,
         )
 
