@@ -3,8 +3,8 @@ new trials, keeps the finished ones and reuses the stored teachers; anything tha
 existing trials compute, or drops grid values, is refused with one line naming the keys.
 
 The rule itself (kd_ray.orchestration.growth) is tested through ``prepare_results`` on a saved
-config, in milliseconds; one end-to-end test grows the shared reference sweep by a seed through
-the real CLI.
+config, in milliseconds; one end-to-end test grows a copy of the shared feature sweep by a seed
+through the real CLI.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import shutil
 
 import pytest
 import yaml
-from _sweep_helpers import TINY, merged, owner_files, run_cli, table, uninterrupted_run, write_config
+from _sweep_helpers import (
+    TINY,
+    feature_sweep,
+    merged,
+    owner_files,
+    run_cli,
+    table,
+)
 
 from kd_ray.config import dump_config, parse_config
 from kd_ray.errors import ResultsError
@@ -196,15 +203,19 @@ def test_a_new_trial_never_joins_a_started_group(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_a_sweep_grown_by_a_seed_keeps_its_old_trials_and_runs_the_new_ones(tmp_path) -> None:
-    reference = uninterrupted_run()
+    # The shared feature sweep (one permutation at two temperatures: one teacher, one stream
+    # group) grown as a user would: its saved config.yaml with one more seed, then --resume.
+    _, feature_results, _, _ = feature_sweep()
     results = tmp_path / "results"
-    shutil.copytree(reference, results, ignore=shutil.ignore_patterns("_ray"))
+    shutil.copytree(feature_results, results, ignore=shutil.ignore_patterns("_ray"))
     sweep = results / "tiny"
     before = {name: owner_files(sweep, name) for name in ("trials", "epochs", "calibration")}
     old_ids = set(table(sweep, "trials")["trial_id"])
     old_teachers = set(table(sweep, "teachers")["teacher_id"])
-
-    config = write_config(tmp_path, {"grid": {"seeds": [0, 1]}})  # the README's "add seeds"
+    saved = yaml.safe_load((sweep / "config.yaml").read_text())
+    saved["grid"]["seeds"] = [0, 1]  # the README's "add seeds"
+    config = tmp_path / "grown.yaml"
+    config.write_text(yaml.safe_dump(saved, sort_keys=False))
     done = run_cli(
         "sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume", shared=True
     )
@@ -219,9 +230,14 @@ def test_a_sweep_grown_by_a_seed_keeps_its_old_trials_and_runs_the_new_ones(tmp_
     assert len(new) == len(old_ids) and set(new["seed"]) == {1}
     assert (new["status"] == "ok").all(), new[["trial_id", "error"]].to_string()
     epochs = table(sweep, "epochs")
-    assert set(epochs.loc[epochs["trial_id"].isin(new["trial_id"]), "epoch"]) == {1, 2, 3, 4}
-    # Seed 1 needs its own teachers (a teacher's id holds its seed); seed 0's are reused.
-    assert f"({len(old_ids)} already finished); teachers trained 2, reused {len(old_teachers)}" in output
+    epochs_of = {
+        trial_id: set(group["epoch"])
+        for trial_id, group in epochs.groupby("trial_id")
+        if trial_id in set(new["trial_id"])
+    }
+    assert epochs_of == {trial_id: {1, 2} for trial_id in new["trial_id"]}
+    # Seed 1 needs its own teacher (a teacher's id holds its seed); seed 0's is reused.
+    assert f"({len(old_ids)} already finished); teachers trained 1, reused {len(old_teachers)}" in output
     # The saved config is the grown one, so a plain --resume of it is accepted from now on.
     grown = parse_config(yaml.safe_load(config.read_text()))
     assert (sweep / "config.yaml").read_text() == dump_config(grown)
