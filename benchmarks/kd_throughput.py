@@ -111,10 +111,10 @@ def _models(args: argparse.Namespace, runtime: Runtime) -> tuple[list[nn.Module]
     torch.manual_seed(0)
     make = {"num_classes": args.num_classes, "image_size": args.size}
     teachers = [
-        runtime.model(create_model(args.teacher_arch, **make)).eval().requires_grad_(False)
+        runtime.to_device(create_model(args.teacher_arch, **make)).eval().requires_grad_(False)
         for _ in range(args.teachers)
     ]
-    student = runtime.model(create_model(args.student_arch, **make)).train()
+    student = runtime.to_device(create_model(args.student_arch, **make)).train()
     return teachers, student
 
 

@@ -183,7 +183,7 @@ def test_channels_last_gives_equal_outputs_and_gradients(device: str) -> None:
         with true_fp32():
             for channels_last in (False, True):
                 runtime = Runtime(dev, channels_last=channels_last)
-                m = runtime.model(copy.deepcopy(model))
+                m = runtime.to_device(copy.deepcopy(model))
                 xb, yb = runtime.batch(x, y)
                 assert xb.is_contiguous(memory_format=torch.channels_last) == channels_last
                 m.eval()

@@ -401,7 +401,7 @@ def test_a_student_whose_loss_raises_fails_alone_like_a_divergence() -> None:
     victim.loss_fn = broken
     first = run.run_epoch(1)
     tid = victim.trial.trial_id
-    assert first.diverged == {tid: "its loss raised at epoch 1: ValueError: this loss has a bug"}
+    assert first.failures == {tid: "its loss raised at epoch 1: ValueError: this loss has a bug"}
     assert sorted(first.reports) == sorted(t.trial_id for t in group if t.trial_id != tid)
     second = run.run_epoch(2)
     assert tid not in second.reports and len(second.reports) == 3

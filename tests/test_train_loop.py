@@ -206,7 +206,7 @@ def test_a_diverging_student_stops_and_the_others_go_on(setup) -> None:
     trial = plan_sweep(hot).trials[0]
     run = DistillationRun(hot, [trial], datasets, teachers, CPU)
     result = run.run_epoch(1)
-    assert "diverged at epoch 1" in result.diverged[trial.trial_id]
+    assert "diverged at epoch 1" in result.failures[trial.trial_id]
     assert not run.active and not result.reports
 
 

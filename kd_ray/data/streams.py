@@ -290,7 +290,8 @@ def build_loaders(
 
 
 def teacher_loaders(datasets: ImageDatasets, *, aug: str, seed: int, **options: Any) -> SplitLoaders:
-    """Loaders of a teacher's own training: :func:`build_loaders` with its augmentation and stream.
+    """Loaders of a teacher's own training: :func:`build_loaders` under a teacher's argument names,
+    nothing more: ``aug`` is passed as ``student_aug`` and ``seed`` as ``stream_seed``.
 
     ``seed`` should identify the teacher (e.g. ``stable_seed`` of its id): ``T1w`` and ``T2w``
     are different models with different data orders (docs/experiments.md#teachers). ``val`` is

@@ -286,7 +286,8 @@ def _init_ray(cfg: SweepConfig) -> None:
 
 
 def _experiment_name(sweep: Storage, stage: str) -> str:
-    """A fresh Tune experiment name per attempt (``students-1``, ``students-2``...), never a timestamp."""
+    """A fresh Tune experiment name per attempt (``teachers-1``, ``groups-1``, ``groups-2``...:
+    ``stage`` is ``teachers`` or ``groups``), never a timestamp."""
     existing = set(sweep.listdir("_ray"))
     n = 1
     while f"{stage}-{n}" in existing:
@@ -709,7 +710,7 @@ def _run_sweep(
     if runnable:
         _init_ray(cfg)
         from kd_ray.orchestration.collector import ResultsCollector
-        from kd_ray.orchestration.trials import student_trial
+        from kd_ray.orchestration.trials import group_trial
 
         collector = ResultsCollector(
             sweep.uri,
@@ -732,7 +733,7 @@ def _run_sweep(
             cfg,
             sweep,
             "group",
-            student_trial,
+            group_trial,
             items,
             {**base, "ray_storage": sweep.child("_ray").uri, "students": sweep.child("students").uri},
             callbacks,

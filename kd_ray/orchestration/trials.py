@@ -46,7 +46,7 @@ class TrialError(RuntimeError):
 
 # One exception line of a traceback: ``[module.]Name[: message]``.
 _ERROR_LINE = re.compile(
-    r"^\s*(?:[\w.]+\.)?([A-Z]\w*(?:Error|Exception|Diverged|Iteration|Exit|Interrupt))(?::\s*(.*))?$"
+    r"^\s*(?:[\w.]+\.)?([A-Z]\w*(?:Error|Exception|Iteration|Exit|Interrupt))(?::\s*(.*))?$"
 )
 # Exceptions that only wrap the worker's own error (its text follows them).
 _WRAPPERS = frozenset(
@@ -156,8 +156,8 @@ def _fit(worker, name: str, loop_config: dict[str, Any], num_workers: int) -> di
     return result.return_value or {}
 
 
-def student_trial(config: dict[str, Any]) -> None:
-    """Tune function of one stream group of student trials."""
+def group_trial(config: dict[str, Any]) -> None:
+    """Tune function of one stream group: one Ray Train run that trains all its student trials."""
     group = config["group"]
     cfg = parse_config(config["sweep"])
     run_dir = Storage.open(config["ray_storage"]).child(group["group_id"])

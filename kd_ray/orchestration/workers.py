@@ -263,12 +263,12 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
     start, done = _restore(run, config, fingerprints, [t.trial_id for t in trials])
     _reannounce(done)
     history = [_without_calibration(r) for r in done]
-    failed = {s.trial.trial_id: s.diverged for s in run.students if s.diverged}
+    failed = {s.trial.trial_id: s.failure for s in run.students if s.failure}
     for epoch in range(start, cfg.student.train.epochs + 1):
         if not run.active:  # every student diverged; all ranks agree, so all stop here
             break
         result = run.run_epoch(epoch)
-        failed.update(result.diverged)
+        failed.update(result.failures)
         report: dict[str, Any] = {}
         for tid, values in result.reports.items():
             report.update(

@@ -32,7 +32,12 @@ def _value(report: Mapping[str, Any], key: str) -> float:
 
 
 def epoch_rows(trial_id: str, report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One ``epochs`` row per split of one epoch's report."""
+    """One ``epochs`` row per split of one epoch's report.
+
+    ``seconds`` is per run, not per trial: the wall time of the epoch of the whole stream group
+    the trial trained in (every student's training, then the ``val`` and ``val_aug`` passes), the
+    same for every trial of the group (docs/results.md#epochs).
+    """
     common = {
         "trial_id": trial_id,
         "epoch": int(report["epoch"]),
@@ -78,7 +83,11 @@ def trial_row(
     error: str | None,
     wall_s: float | None,
 ) -> dict[str, Any]:
-    """The ``trials`` row of a finished (or failed) trial from its final-epoch report."""
+    """The ``trials`` row of a finished (or failed) trial from its final-epoch report.
+
+    ``wall_s`` is per run, not per trial: the driver's time from the start of the trial's run
+    (its whole stream group) to its end, shared by every trial of the group (docs/results.md#trials).
+    """
     report = report or {}
     row: dict[str, Any] = {
         "trial_id": trial.trial_id,

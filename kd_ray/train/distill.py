@@ -66,7 +66,7 @@ class _Student:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: Callable
     teacher_keys: list[TeacherKey]  # in slot order
-    diverged: str | None = None
+    failure: str | None = None  # why it stopped (diverged, or its loss raised); None while it trains
     raised: str | None = None  # what its own loss raised, if it did (it then fails like a divergence)
 
 
@@ -86,11 +86,12 @@ def _check_kd_values(cfg: SweepConfig, trials: Sequence[StudentTrial]) -> None:
 
 @dataclass
 class EpochResult:
-    """One epoch of a run: per trial, the flat report and calibration bins, or why it stopped."""
+    """One epoch of a run: per trial, the flat report and calibration bins, or why it stopped
+    (``failures``: trial id -> message, for the trials that stopped this epoch)."""
 
     reports: dict[str, dict[str, float]] = field(default_factory=dict)
     calibration: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
-    diverged: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 class DistillationRun:
@@ -132,7 +133,7 @@ class DistillationRun:
         self.input_size = self.image_size or datasets.native_size
         self.views = {t.view: VIEWS.get(t.view) for t in trials}
         self.teachers = {
-            tid: runtime.model(teachers[tid]).eval().requires_grad_(False)
+            tid: runtime.to_device(teachers[tid]).eval().requires_grad_(False)
             for t in trials
             for tid in t.teacher_ids
         }
@@ -158,7 +159,7 @@ class DistillationRun:
             in_channels=datasets.channels,
             image_size=self.input_size,
         )
-        model = self.runtime.compiled(wrap(self.runtime.model(model)))
+        model = self.runtime.compiled(wrap(self.runtime.to_device(model)))
         # The trial's own base lr (grid.student_lrs), under the config's schedule.
         train = self.cfg.student.train.model_copy(update={"lr": trial.lr})
         optimizer = build_optimizer(model, train)
@@ -176,7 +177,7 @@ class DistillationRun:
 
     @property
     def active(self) -> list[_Student]:
-        return [s for s in self.students if s.diverged is None]
+        return [s for s in self.students if s.failure is None]
 
     def _metrics(self, n_teachers: int) -> SplitMetrics:
         m = self.cfg.metrics
@@ -281,13 +282,14 @@ class DistillationRun:
             s.scheduler.step()
             loss = train[s.trial.trial_id].compute()["loss"]
             if not math.isfinite(loss):
-                s.diverged = f"diverged at epoch {epoch}: training loss became {loss}"
+                s.failure = f"diverged at epoch {epoch}: training loss became {loss}"
                 if s.raised:
-                    s.diverged = f"its loss raised at epoch {epoch}: {s.raised}"
-                result.diverged[s.trial.trial_id] = s.diverged
+                    s.failure = f"its loss raised at epoch {epoch}: {s.raised}"
+                result.failures[s.trial.trial_id] = s.failure
         with torch.no_grad():
             val = self._pass(self.loaders.val, train=False)
             val_aug = self._pass(self.loaders.val_aug, train=False)
+        # Per run, not per trial: the whole group's epoch, reported alike for every student.
         seconds = time.perf_counter() - start
         for s in self.active:
             tid = s.trial.trial_id
@@ -305,7 +307,9 @@ class DistillationRun:
                 "model": unwrap(s.model).state_dict(),
                 "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(),
-                "diverged": s.diverged or "",
+                # The key stays "diverged" (it holds the failure message, "" if none) so that
+                # checkpoints written before the attribute was renamed still load.
+                "diverged": s.failure or "",
             }
             for s in self.students
         }
@@ -316,4 +320,4 @@ class DistillationRun:
             unwrap(s.model).load_state_dict(own["model"])
             s.optimizer.load_state_dict(own["optimizer"])
             s.scheduler.load_state_dict(own["scheduler"])
-            s.diverged = own["diverged"] or None
+            s.failure = own["diverged"] or None  # the failure message, under its old key

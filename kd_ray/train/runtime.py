@@ -40,8 +40,9 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
-    def model(self, model: nn.Module) -> nn.Module:
-        """Move a model to the device (and memory format); compile it if asked."""
+    def to_device(self, model: nn.Module) -> nn.Module:
+        """Move a model to the device, in channels_last memory format if asked. It does not
+        compile: :meth:`compiled` does, after the DDP wrapping."""
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -55,7 +55,7 @@ class TeacherRun:
             pretrained=spec.pretrained,
             image_size=self.image_size or datasets.native_size,
         )
-        self.model = runtime.compiled(wrap(runtime.model(model)))
+        self.model = runtime.compiled(wrap(runtime.to_device(model)))
         self.optimizer = build_optimizer(self.model, self.train_cfg)
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg)
         self.loaders = teacher_loaders(
