@@ -39,6 +39,8 @@ Alpha = Annotated[float, Field(ge=0, le=1)]
 # ``random_state``, used to split some datasets) takes only 32-bit seeds.
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 SplitSeed = Annotated[int, Field(ge=0, lt=2**32)]
+# Teachers per student trial (1..3); kd_ray.metrics.names sizes its per-teacher metrics by it.
+MAX_TEACHERS = 3
 
 # A name that becomes part of a file or directory name under the results directory.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -172,7 +174,7 @@ class GridConfig(_Strict):
     them, so every value of an axis distils from the same teachers.
     """
 
-    teacher_counts: tuple[Annotated[int, Field(ge=1, le=3)], ...] = (1, 2, 3)
+    teacher_counts: tuple[Annotated[int, Field(ge=1, le=MAX_TEACHERS)], ...] = (1, 2, 3)
     losses: tuple[str, ...] = ("kd", "zscore_kd")
     views: tuple[str, ...] = ("full",)
     seeds: tuple[Seed, ...] = Field((0,), description="0 <= seed < 2^63")

@@ -244,7 +244,6 @@ def build_loaders(
     world_size: int = 1,
     loader_workers: int = 0,
     pin_memory: bool = False,
-    eval_batch_size: int | None = None,
 ) -> SplitLoaders:
     """Train / val / val_aug loaders of a student trial on rank ``rank`` of ``world_size``.
 
@@ -252,17 +251,15 @@ def build_loaders(
         datasets: the dataset's splits.
         student_aug: the student's augmentation (``w``, ``s`` or ``none``); it decides the batch
             that the student and the frozen teachers see.
-        global_batch_size: samples per optimiser step summed over ranks.
+        global_batch_size: samples per optimiser step summed over ranks; also the global batch
+            size of ``val`` and ``val_aug``.
         stream_seed: :func:`kd_ray.seeding.stream_seed` of the trial; the order and every
             augmentation draw derive from it (``val_aug`` from ``stable_seed(stream_seed,
             "val_aug")`` at a fixed epoch 0).
         rank, world_size: this DDP rank and the number of ranks.
         loader_workers, pin_memory: passed to ``DataLoader``; they change speed, never batches.
-        eval_batch_size: global batch size of ``val`` and ``val_aug``; defaults to
-            ``global_batch_size``.
     """
     train_tf = build_transform(student_aug, datasets)
-    eval_bs = eval_batch_size or global_batch_size
     train = AugmentedSplit(datasets.train, train_tf, stream_seed)
     cache = _eval_cache_fits(datasets)
     val = AugmentedSplit(datasets.val, build_transform("none", datasets), None, cache=cache)
@@ -270,7 +267,12 @@ def build_loaders(
 
     def eval_sampler() -> ShardedBatchSampler:
         return ShardedBatchSampler(
-            len(datasets.val), eval_bs, rank=rank, world_size=world_size, shuffle=False, drop_last=False
+            len(datasets.val),
+            global_batch_size,
+            rank=rank,
+            world_size=world_size,
+            shuffle=False,
+            drop_last=False,
         )
 
     train_sampler = ShardedBatchSampler(

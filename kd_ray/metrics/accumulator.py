@@ -106,10 +106,6 @@ class SplitMetrics:
             self._state = self._state.to(device)
             self._bind_views()
 
-    def reset(self) -> None:
-        """Zero every sum, ready for the next epoch."""
-        self._state.zero_()
-
     @torch.no_grad()
     def update(
         self,

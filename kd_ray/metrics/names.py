@@ -7,8 +7,9 @@ Workers report flat ``"{split}/{metric}"`` keys; the collector turns them into r
 
 from __future__ import annotations
 
+from kd_ray.config import MAX_TEACHERS  # the grid's bound on teachers per trial
+
 SPLITS: tuple[str, ...] = ("train", "val", "val_aug")
-MAX_TEACHERS = 3
 
 # Student-level metrics computed for every split (``loss`` is the distillation loss).
 SPLIT_METRICS: tuple[str, ...] = (
@@ -67,11 +68,3 @@ def all_teacher_metrics() -> tuple[str, ...]:
 def report_key(split: str, metric: str) -> str:
     """Key of a metric in a worker's per-epoch report."""
     return f"{split}/{metric}"
-
-
-def parse_report_key(key: str) -> tuple[str, str] | None:
-    """``(split, metric)`` of a report key, or None for keys that are not split metrics."""
-    split, sep, metric = key.partition("/")
-    if not sep or split not in SPLITS:
-        return None
-    return split, metric
