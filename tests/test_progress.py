@@ -61,7 +61,7 @@ def _items(stage: str, trials_per_run: int | None = None, **grid) -> list[dict]:
 
 
 def _trial(stage: str, item: dict, n: int = 0) -> SimpleNamespace:
-    name = "teacher_trial" if stage == "teacher" else "student_trial"
+    name = "teacher_trial" if stage == "teacher" else "group_trial"
     return SimpleNamespace(config={stage: item}, trainable_name=name, trial_id=f"c15e4_{n:05d}")
 
 
@@ -117,7 +117,7 @@ def test_tune_gets_the_names_and_short_safe_directories():
     namer = TrialNamer("group", items)
     assert namer(_trial("group", items[1], 1)) == "synthetic S_s seed 0 (2 students)"
     # Tune's default directory would start with that name (spaces, parentheses); ours is its id.
-    assert trial_dirname(_trial("group", items[1], 1)) == "student_trial_c15e4_00001"
+    assert trial_dirname(_trial("group", items[1], 1)) == "group_trial_c15e4_00001"
     teachers = _items("teacher")
     assert TrialNamer("teacher", teachers)(_trial("teacher", teachers[0])) == "teacher T1w synthetic seed 0"
 
@@ -310,7 +310,7 @@ def test_sweep_shows_readable_runs_and_saves_and_resumes_its_overrides(tmp_path)
     assert float(row.group(1)) == pytest.approx(final, abs=5e-4 + 1e-9)  # printed to 3 decimals
     assert "kd-ray: done: synthetic S_w seed 0 (2 students), epoch 2/2, mean val acc" in done.stdout
     # None of Tune's own table: no trainable_xxx names, no truncated dicts, no experiment box.
-    assert not re.search(r"student_trial_[0-9a-f]{5}_\d{5}", output), output[-3000:]
+    assert not re.search(r"group_trial_[0-9a-f]{5}_\d{5}", output), output[-3000:]
     assert "')}]}" not in output and "Configuration for experiment" not in output
     assert "State API may be temporarily unavailable" not in output
     # The effective config is what the sweep saved and trained.

@@ -1,7 +1,7 @@
 """Progress a person can read, on the driver: Tune trials named by what they run, a table of
 runs with their epoch and mean validation accuracy, and ``-q``'s single progress line.
 
-Tune's own table names a trial ``student_trial_dec1e_00000`` and shows its grid parameter, a
+Tune's own table names a trial ``group_trial_dec1e_00000`` and shows its grid parameter, a
 whole stream group as a truncated dict (``...0-46669466be')}]}``), and the first four keys of a
 report (one per student and metric). So the sweep runs Tune silently (legacy output engine,
 ``verbose=0``: the new engine prints its experiment box even then) and prints its own progress
@@ -110,7 +110,7 @@ class TrialNamer:
 
 
 def trial_dirname(trial: Any) -> str:
-    """Tune's ``trial_dirname_creator``: ``student_trial_dec1e_00000``, unique within an
+    """Tune's ``trial_dirname_creator``: ``group_trial_dec1e_00000``, unique within an
     experiment (Tune's trial id) and safe on any filesystem, where Tune's default would start
     with the trial's name (spaces, parentheses)."""
     return f"{trial.trainable_name}_{trial.trial_id}"
