@@ -57,7 +57,7 @@ def trial_row(
         seed=seed,
         teacher_arch=teacher_arch,
         student_arch=student_arch,
-        teacher_ids=",".join(f"t{i}{a}" for i, a in enumerate(augs[:-1], 1)),
+        teacher_ids=[f"t{i}{a}" for i, a in enumerate(augs[:-1], 1)],
         status=status,
         error="boom" if status == "failed" else None,
         epochs=3,
@@ -154,7 +154,7 @@ def write_results(root: Path, trials: list[dict], *, epochs: bool = True, calibr
         _write(root / "calibration.parquet", "calibration", {t["trial_id"]: calibration_rows(t) for t in ok})
     teachers = {}
     for t in trials:
-        for slot, tid in enumerate(t["teacher_ids"].split(","), 1):
+        for slot, tid in enumerate(t["teacher_ids"], 1):
             teachers[tid] = [
                 dict(
                     teacher_id=tid,

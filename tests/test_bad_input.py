@@ -257,7 +257,7 @@ def test_foreign_teacher_checkpoint_then_resume_keeps_finished_rows(tmp_path):
     trials = table(sweep, "trials")
     # Forget one trial's results, as if the sweep had been stopped before it finished.
     victim = trials.iloc[0]
-    teacher_id = victim["teacher_ids"]
+    (teacher_id,) = victim["teacher_ids"]  # the tiny sweep's trials have one teacher
     for name in ("trials", "epochs", "calibration"):
         (sweep / f"{name}.parquet" / f"{victim['trial_id']}.parquet").unlink()
     kept = owner_files(sweep, "trials")

@@ -261,5 +261,5 @@ def test_exported_students_reproduce_their_recorded_val_accuracy(tmp_path) -> No
 
 
 def _plain(value):
-    """A table cell as the JSON sidecar holds it (numpy scalars as Python ones)."""
-    return value.item() if hasattr(value, "item") else value
+    """A table cell as the JSON sidecar holds it (numpy scalars as Python ones, arrays as lists)."""
+    return value.tolist() if hasattr(value, "tolist") else value

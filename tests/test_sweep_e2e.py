@@ -80,7 +80,7 @@ def test_each_teacher_trained_once(demo_run) -> None:
     assert (teachers["status"] == "ok").all() and teachers["teacher_id"].is_unique
     assert (teachers["wall_s"] > 0).all() and teachers["val_acc"].between(0, 1).all()
     trials = pd.read_parquet(sweep / "trials.parquet")
-    used = {tid for ids in trials["teacher_ids"] for tid in ids.split(",")}
+    used = {tid for ids in trials["teacher_ids"] for tid in ids}
     assert used == set(teachers["teacher_id"])
     assert all(Path(p).exists() for p in teachers["checkpoint"])
 

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kd_ray.errors import ResultsError
-from kd_ray.results.schema import SCHEMAS
+from kd_ray.results.schema import SCHEMAS, upgrade
+from kd_ray.results.store import ResultTables, to_frame
 from kd_ray.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -52,20 +53,24 @@ class Results:
 
 def empty_frame(table: str) -> pd.DataFrame:
     """An empty frame with the columns and dtypes of one table of docs/results.md."""
-    return SCHEMAS[table].empty_table().to_pandas()
+    return to_frame(SCHEMAS[table].empty_table())
 
 
 def frame_from_table(table: str, data: pa.Table) -> pd.DataFrame:
     """Cast an Arrow table to the schema of ``table`` and convert it to pandas.
 
+    Older column forms are upgraded (``trials.teacher_ids`` from a string to a list), and list
+    cells become Python lists (:func:`kd_ray.results.store.to_frame`).
+
     Raises:
         ResultsError: a required column is missing.
     """
-    return _conform(table, data).to_pandas()
+    return to_frame(_conform(table, data))
 
 
 def _conform(table: str, data: pa.Table) -> pa.Table:
     schema = SCHEMAS[table]
+    data = upgrade(table, data)
     missing = [name for name in schema.names if name not in data.column_names]
     if missing:
         raise ResultsError(
@@ -94,11 +99,26 @@ def _read_table(sweep: Storage, table: str, *, required: bool) -> pa.Table:
         # whose all-null columns were inferred as another type. Hidden files (a local write's
         # temporary name) are skipped by the dataset reader.
         schema = SCHEMAS[table] if sweep.is_dir(name) else None
-        data = pq.read_table(sweep.path(name), filesystem=sweep.fs, schema=schema)
+        try:
+            data = pq.read_table(sweep.path(name), filesystem=sweep.fs, schema=schema)
+        except pa.ArrowNotImplementedError:
+            if schema is None:
+                raise
+            # Files of an older form (trials.teacher_ids a string, before it was a list) do not
+            # cast to today's schema: read file by file, upgrading each, as the driver does.
+            data = _with_missing_columns(schema, ResultTables(sweep).read_arrow(table))
     except (OSError, pa.ArrowException) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ResultsError(f"{where} is not a readable Parquet dataset: {reason}") from exc
     return _conform(table, data)
+
+
+def _with_missing_columns(schema: pa.Schema, data: pa.Table) -> pa.Table:
+    """``data`` with the columns of ``schema`` that no file holds as nulls, as a dataset reads them."""
+    for field in schema:
+        if field.name not in data.column_names:
+            data = data.append_column(field, pa.nulls(data.num_rows, field.type))
+    return data
 
 
 def _read_sweep(sweep: Storage) -> dict[str, pa.Table]:
@@ -166,7 +186,7 @@ def load_results(results_dir: Location | Iterable[Location] | Mapping[str, Locat
     if isinstance(results_dir, (str, os.PathLike, Storage)):
         sweep = _open(results_dir)
         tables = _read_sweep(sweep)
-        return Results(name=sweep.name, **{t: data.to_pandas() for t, data in tables.items()})
+        return Results(name=sweep.name, **{t: to_frame(data) for t, data in tables.items()})
     if isinstance(results_dir, bytes) or not isinstance(results_dir, Iterable):
         raise ResultsError(f"load_results: expected a location or several, got {type(results_dir).__name__}")
     sweeps = _labelled(results_dir)
@@ -179,5 +199,5 @@ def load_results(results_dir: Location | Iterable[Location] | Mapping[str, Locat
             tables[table].add_column(0, SWEEP_COLUMN, pa.array([label] * tables[table].num_rows, pa.string()))
             for label, tables in loaded.items()
         ]
-        frames[table] = pa.concat_tables(parts).to_pandas()
+        frames[table] = to_frame(pa.concat_tables(parts))
     return Results(name="+".join(sweeps), **frames)

@@ -104,7 +104,7 @@ def trial_row(
         "lr": trial.lr,
         "teacher_arch": teacher_arch,
         "student_arch": student_arch,
-        "teacher_ids": ",".join(trial.teacher_ids),
+        "teacher_ids": list(trial.teacher_ids),  # slot order
         "status": status,
         "error": error or None,
         "epochs": int(report.get("epoch", 0)),

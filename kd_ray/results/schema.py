@@ -20,6 +20,10 @@ TABLES: tuple[str, ...] = ("trials", "epochs", "teachers", "calibration")
 
 _METRICS = SPLIT_METRICS + all_teacher_metrics()
 
+TEACHER_IDS_TYPE = pa.list_(pa.string())
+# Older sweeps' ``trials`` files hold ``teacher_ids`` as one string, the ids joined by this.
+OLD_TEACHER_IDS_SEPARATOR = ","
+
 TRIAL_KEY_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("trial_id", pa.string()),
     ("dataset", pa.string()),
@@ -38,7 +42,9 @@ TRIAL_KEY_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("lr", pa.float64()),
     ("teacher_arch", pa.string()),
     ("student_arch", pa.string()),
-    ("teacher_ids", pa.string()),
+    # One element per teacher slot, in slot order (a list, so pandas' explode and DuckDB's UNNEST
+    # and list_contains work). Files written before it was a list hold a string: see upgrade().
+    ("teacher_ids", TEACHER_IDS_TYPE),
     ("status", pa.string()),
     ("error", pa.string()),
     ("epochs", pa.int64()),
@@ -109,3 +115,23 @@ KEYS: dict[str, tuple[str, ...]] = {
     "teachers": ("teacher_id",),
     "calibration": ("trial_id", "split", "bin"),
 }
+
+
+def upgrade(table: str, data: pa.Table) -> pa.Table:
+    """One file of ``table`` as read, with columns of an older form in today's form.
+
+    ``trials.teacher_ids`` was one string (the ids joined by :data:`OLD_TEACHER_IDS_SEPARATOR`)
+    in sweeps written before it became a list; a resumed old sweep adds files of the list form
+    beside them, so every reader upgrades file by file before putting files together.
+    """
+    if table != "trials" or "teacher_ids" not in data.column_names:
+        return data
+    i = data.column_names.index("teacher_ids")
+    column = data.column(i)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return data
+    lists = [
+        None if ids is None else ids.split(OLD_TEACHER_IDS_SEPARATOR) if ids else []
+        for ids in column.to_pylist()
+    ]
+    return data.set_column(i, pa.field("teacher_ids", TEACHER_IDS_TYPE), pa.array(lists, TEACHER_IDS_TYPE))

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kd_ray.results.schema import KEYS, SCHEMAS
+from kd_ray.results.schema import KEYS, SCHEMAS, upgrade
 from kd_ray.storage import Storage
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -39,8 +39,27 @@ def to_table(table: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
             values = [None if v is None else float(v) for v in values]
         elif pa.types.is_integer(field.type):
             values = [None if v is None else int(v) for v in values]
+        elif pa.types.is_list(field.type) and any(isinstance(v, str) for v in values):
+            # Arrow would take a string for a list of its characters.
+            raise TypeError(f"{table}.{field.name}: expected a list of strings, got a string")
         columns[field.name] = pa.array(values, type=field.type)
     return pa.table(columns, schema=schema)
+
+
+def to_frame(data: pa.Table) -> pd.DataFrame:
+    """``data`` as pandas, with each list cell (``trials.teacher_ids``) a Python list.
+
+    Arrow's own conversion (``pandas.read_parquet``) gives NumPy arrays there; a list compares
+    with ``==`` and is JSON-serialisable. Like an array it is unhashable: group by
+    ``teacher_ids.map(tuple)`` (docs/results.md#trials).
+    """
+    frame = data.to_pandas()
+    for field in data.schema:
+        if pa.types.is_list(field.type):
+            frame[field.name] = pd.Series(
+                data.column(field.name).to_pylist(), index=frame.index, dtype=object
+            )
+    return frame
 
 
 class ResultTables:
@@ -63,14 +82,21 @@ class ResultTables:
         """The rows ``owner`` holds in ``table`` (empty frame if none)."""
         name = f"{table}.parquet/{_file_name(owner)}"
         if not self.storage.exists(name):
-            return SCHEMAS[table].empty_table().to_pandas()
-        return pq.read_table(io.BytesIO(self.storage.read_bytes(name))).to_pandas()
+            return to_frame(SCHEMAS[table].empty_table())
+        return to_frame(upgrade(table, pq.read_table(io.BytesIO(self.storage.read_bytes(name)))))
 
     def read(self, table: str) -> pd.DataFrame:
         """A whole table (empty frame with the right columns if nothing was written yet)."""
+        return to_frame(self.read_arrow(table))
+
+    def read_arrow(self, table: str) -> pa.Table:
+        """A whole table as Arrow, file by file, older column forms upgraded (schema.upgrade)."""
         names = [n for n in self.storage.listdir(f"{table}.parquet") if n.endswith(".parquet")]
         if not names:
-            return SCHEMAS[table].empty_table().to_pandas()
-        parts = [pq.read_table(io.BytesIO(self.storage.read_bytes(f"{table}.parquet/{n}"))) for n in names]
+            return SCHEMAS[table].empty_table()
+        parts = [
+            upgrade(table, pq.read_table(io.BytesIO(self.storage.read_bytes(f"{table}.parquet/{n}"))))
+            for n in names
+        ]
         # Files written before a column was added lack it: it reads as null (docs/results.md).
-        return pa.concat_tables(parts, promote_options="default").to_pandas()
+        return pa.concat_tables(parts, promote_options="default")
