@@ -49,8 +49,14 @@ def half_done(tmp_path: Path) -> Path:
 
 
 def _live(sweep_dir: Path | str, clock: FakeClock, **kwargs) -> LiveReport:
+    """A callback that writes in the calling thread, so a test sees each write at once (the
+    thread a sweep writes in is tested on its own below)."""
     return LiveReport(
-        str(sweep_dir), planned_trials=PLANNED, every_minutes=EVERY_MINUTES, clock=clock, **kwargs
+        str(sweep_dir),
+        planned_trials=PLANNED,
+        every_minutes=EVERY_MINUTES,
+        clock=clock,
+        **{"in_background": False, **kwargs},
     )
 
 
@@ -225,3 +231,38 @@ def test_set_reaches_it_and_the_default_is_not_saved() -> None:
     assert apply_overrides(plain, ["report.every_minutes=null"]).report.every_minutes is None
     with pytest.raises(ConfigError, match=r"--set report\.every_minutes=-1"):
         apply_overrides(plain, ["report.every_minutes=-1"])
+
+
+def test_in_a_sweep_the_report_is_built_off_tunes_loop_and_the_stage_end_waits_for_it(
+    half_done: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tune's loop must not wait for a report (a held-up loop deadlocks Ray's Tune function at
+    # the end of a run; see the module docstring), and the final report must not be overwritten
+    # by a partial one still being written when the stage ends.
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    real = live_report.write_report
+
+    def slow_write_report(*args, **kwargs):
+        started.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(live_report, "write_report", slow_write_report)
+    clock = FakeClock()
+    cb = _live(half_done, clock, in_background=True)
+    clock.advance(EVERY_MINUTES)
+    _result(cb)  # returns while the report is being built
+    assert started.wait(30) and not (half_done / "report.html").exists()
+    clock.advance(EVERY_MINUTES)
+    _result(cb)  # one write at a time: this one starts none
+    assert pickle.loads(pickle.dumps(cb))._writer is None  # Tune pickles callbacks mid-write
+    ender = threading.Thread(target=cb.on_experiment_end, args=([],))
+    ender.start()
+    ender.join(0.5)
+    assert ender.is_alive()  # the stage's end waits for the write in progress
+    release.set()
+    ender.join(30)
+    assert not ender.is_alive()
+    assert "partial: 6 of 16 trials finished" in (half_done / "report.html").read_text(encoding="utf-8")

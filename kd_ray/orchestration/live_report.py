@@ -8,8 +8,15 @@ finished" (:func:`kd_ray.report.write_report`), so a browser shows where the cla
 It checks the clock after each result and each finished trial, never on a timer of its own:
 between them nothing that the report shows has changed. It runs after the
 :class:`~kd_ray.orchestration.collector.ResultsCollector` in the same callbacks list, so a
-finished trial's row is on disk when it looks. Building the report holds up Tune's loop for
-as long as the claims check and the figures take (seconds), once per interval.
+finished trial's row is on disk when it looks.
+
+The report is built in a thread of the driver, one at a time, never in Tune's loop. Building
+it takes seconds (the claims check, the figures), and a Tune loop held up that long at the end
+of a run deadlocks Ray 2.60's Tune function: when the Train run ends while the controller's last
+report still waits in the queue between them, the function's own final report fills the result
+queue, and the thread that would forward the waiting report blocks on that full queue forever
+(seen in tests/test_resume.py). The stage's end waits for a write in progress, so a partial
+report never lands after the final one.
 
 What it never does:
 
@@ -28,6 +35,7 @@ What it never does:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +60,8 @@ class LiveReport(ray.tune.Callback):
         every_minutes: the least time between two writes, counted from construction;
             ``None``: off (``report.every_minutes: null``).
         clock: monotonic seconds; tests pass a fake one.
+        in_background: build the report in a thread (see the module docstring); tests of the
+            timing pass ``False`` to see the write at once.
     """
 
     def __init__(
@@ -61,6 +71,7 @@ class LiveReport(ray.tune.Callback):
         planned_trials: int,
         every_minutes: float | None,
         clock: Clock = time.monotonic,
+        in_background: bool = True,
     ) -> None:
         storage = Storage.open(sweep_uri)
         # Only a local path is kept: Tune pickles callbacks, and a URI may carry credentials.
@@ -72,6 +83,8 @@ class LiveReport(ray.tune.Callback):
         self._runs_total: int | None = None  # Tune trials (stream groups) of the stage
         self._runs_ended = 0
         self._stage_over = False
+        self.in_background = in_background
+        self._writer: threading.Thread | None = None
 
     @property
     def active(self) -> bool:
@@ -81,7 +94,7 @@ class LiveReport(ray.tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into its experiment state: the clock (a test's may not pickle)
         # and the live counters stay behind.
-        return {**self.__dict__, "_clock": None, "_runs_ended": 0, "_stage_over": False}
+        return {**self.__dict__, "_clock": None, "_runs_ended": 0, "_stage_over": False, "_writer": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -107,19 +120,38 @@ class LiveReport(ray.tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._stage_over = True
+        self.wait()
+
+    def wait(self) -> None:
+        """Return once a write in progress (if any) has ended."""
+        writer = self._writer
+        if writer is not None:
+            writer.join()
 
     def _run_ended(self) -> None:
         self._runs_ended += 1
         if self._runs_total is not None and self._runs_ended >= self._runs_total:
             self._stage_over = True  # the last run ended: the final report comes next
+            self.wait()
 
     def _maybe_write(self) -> None:
         if not self.active or self._clock() - self._last_write < self.every_s:
+            return
+        if self._writer is not None and self._writer.is_alive():  # one write at a time
             return
         finished = self._finished_trials()
         if not finished:  # nothing to report yet; look again at the next result
             return
         self._last_write = self._clock()
+        if self.in_background:
+            self._writer = threading.Thread(
+                target=self._write, args=(finished,), name="kd-ray partial report", daemon=True
+            )
+            self._writer.start()
+        else:
+            self._write(finished)
+
+    def _write(self, finished: int) -> None:
         try:
             path = write_report(self.sweep_dir, planned_trials=self.planned_trials)
         except Exception as err:  # a report must never stop the sweep (see the module docstring)
