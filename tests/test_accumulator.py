@@ -204,7 +204,7 @@ def _ddp_worker(rank, world_size, port, k, out_dir):
     try:
         data = make_data(k, seed=11)
         # Validation-style sharding rank::world_size, batches of the same global positions.
-        acc = stream(SplitMetrics(C, k), data, rows=torch.arange(rank, len(data[2]), world_size))
+        acc = stream(SplitMetrics(C, k, top5=True), data, rows=torch.arange(rank, len(data[2]), world_size))
         acc.all_reduce()
         torch.save((acc.compute(), acc._state), f"{out_dir}/rank{rank}.pt")
     finally:
@@ -215,7 +215,10 @@ def _ddp_worker(rank, world_size, port, k, out_dir):
 def test_two_worker_gloo_all_reduce_equals_one_worker(k, tmp_path):
     mp.start_processes(_ddp_worker, args=(2, _free_port(), k, tmp_path), nprocs=2, start_method="spawn")
     results = {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)}
-    single = stream(SplitMetrics(C, k), make_data(k, seed=11))
+    data = make_data(k, seed=11)
+    single = stream(SplitMetrics(C, k, top5=True), data)
+    # Top-5 counts are summed like the top-1 ones (C = 6 classes: not trivially 1).
+    assert single.compute()["acc_top5"] == metrics.top_k_accuracy(data[0], data[2], 5) < 1
     for rank in (0, 1):
         got, state = results[rank]
         # Sums of counts are exact; float sums differ only by summation order.

@@ -29,6 +29,7 @@ _WHERE = {
             "mean_kl",
             "mutual_information",
             "top1_agreement",
+            "top_k_accuracy",
         )
     },
 }

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from kd_ray.distributed import all_reduce_sum_
 from kd_ray.metrics import functional as fn
-from kd_ray.metrics.names import teacher_metric
+from kd_ray.metrics.names import TOP5_METRIC, teacher_metric
 
 NAN = float("nan")
 
@@ -48,6 +48,8 @@ class SplitMetrics:
         ece_bins: number of equal-width confidence bins of the ECE and reliability diagram.
         iou_threshold: binarisation threshold of the normalised attention maps.
         map_size: ``(H, W)`` grid on which maps are compared; None uses the largest given grid.
+        top5: also count the student's top-5 accuracy (``acc_top5``, docs/metrics.md#acc_top5);
+            runs switch it on for the ImageNet family (:func:`kd_ray.metrics.names.computes_top5`).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class SplitMetrics:
         ece_bins: int = 15,
         iou_threshold: float = 0.4,
         map_size: tuple[int, int] | None = None,
+        top5: bool = False,
     ) -> None:
         if n_teachers < 1:
             raise ValueError(f"n_teachers must be >= 1, got {n_teachers}")
@@ -66,10 +69,12 @@ class SplitMetrics:
         self.ece_bins = ece_bins
         self.iou_threshold = iou_threshold
         self.map_size = map_size
+        self.top5 = top5
         k, c = n_teachers, num_classes
         self._layout: dict[str, tuple[int, ...]] = {
             "n": (),
             "correct": (),
+            "correct_top5": (),
             "agree": (),
             "kl": (),
             "agree_probmean": (),
@@ -144,6 +149,8 @@ class SplitMetrics:
 
         v["n"] += n
         v["correct"] += (student_pred == labels).sum()
+        if self.top5:
+            v["correct_top5"] += fn.top_k_correct(student, labels, 5).sum()
         v["agree"] += (student_pred == ensemble_pred).sum()
         v["kl"] += fn.kl_per_sample(ensemble, student).sum()
         v["agree_probmean"] += (student_pred == fn.predictions(probmean)).sum()
@@ -196,7 +203,7 @@ class SplitMetrics:
         over samples; ``mi`` (plug-in), ``mi_mm`` (Miller–Madow) and ``ece`` come from the
         accumulated contingency table and bins. NaN marks what is undefined: every metric of an empty split,
         ``loss`` when no loss was given, ``iou_teachers`` for k = 1 or without maps,
-        ``iou_student`` without student maps.
+        ``iou_student`` without student maps. ``acc_top5`` is there only when counted (``top5``).
         """
         s = {name: t.cpu() for name, t in self._views.items()}
         n = float(s["n"])
@@ -219,6 +226,8 @@ class SplitMetrics:
             "iou_teachers": mean(s["iou_teachers"], float(s["iou_teachers_n"])),
             "iou_student": mean(s["iou_student"], float(s["iou_student_n"])),
         }
+        if self.top5:
+            out[TOP5_METRIC] = mean(s["correct_top5"], n)
         for i in range(self.n_teachers):
             out[teacher_metric("acc", i + 1)] = mean(s["teacher_correct"][i], n)
             out[teacher_metric("entropy", i + 1)] = mean(s["teacher_entropy"][i], n)

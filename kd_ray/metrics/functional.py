@@ -37,6 +37,26 @@ def predictions(x: ArrayLike) -> Tensor:
     return t.long() if t.ndim == 1 else t.argmax(dim=-1)
 
 
+def top_k_correct(logits: ArrayLike, targets: ArrayLike, k: int) -> Tensor:
+    """Per sample, whether the label is among the ``k`` highest of ``(N, C)`` logits (bool ``(N,)``).
+
+    Ties are ranked as :func:`predictions` ranks them, the lower class index first
+    (docs/metrics.md#acc_top5): the label's rank is the number of classes with a higher logit
+    plus the classes of lower index with an equal one, and it is correct when that rank is
+    below ``k``. This is a stable descending sort, so ``k = 1`` is exactly ``predictions ==
+    targets``, top-k never falls below top-1, and ``k >= C`` counts every sample.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    scores = _logits(logits)
+    labels = _tensor(targets).to(scores.device).long()
+    label_score = scores.gather(1, labels[:, None])
+    classes = torch.arange(scores.shape[-1], device=scores.device)
+    higher = (scores > label_score).sum(dim=1)
+    tied_before = ((scores == label_score) & (classes < labels[:, None])).sum(dim=1)
+    return higher + tied_before < k
+
+
 def ensemble_logits(teacher_logits: Sequence[ArrayLike]) -> Tensor:
     """The teacher ensemble's logits: the mean of the teachers' ``(N, C)`` logits (paper §4.2)."""
     return torch.stack([_logits(t) for t in teacher_logits]).mean(dim=0)
@@ -230,6 +250,19 @@ def top1_agreement(logits_a: ArrayLike, logits_b: ArrayLike) -> float:
     """
     a, b = predictions(logits_a), predictions(logits_b)
     return float((a == b.to(a.device)).double().mean()) if a.numel() else NAN
+
+
+def top_k_accuracy(logits: ArrayLike, targets: ArrayLike, k: int = 5) -> float:
+    r"""Top-k accuracy: the fraction of samples whose label is among the k highest logits,
+    ties ranked by lower class index first (:func:`top_k_correct`, docs/metrics.md#acc_top5).
+
+    Args:
+        logits: ``(N, C)`` logits (or probabilities) of one model.
+        targets: ``(N,)`` labels.
+        k: how many of the highest classes count (5 for ``acc_top5``).
+    """
+    correct = top_k_correct(logits, targets, k)
+    return float(correct.double().mean()) if correct.numel() else NAN
 
 
 def mean_kl(teacher_logits: ArrayLike, student_logits: ArrayLike) -> float:

@@ -32,6 +32,13 @@ SPLIT_METRICS: tuple[str, ...] = (
     # it, i.e. under the trial's view.
     "acc_ensemble",
 )
+# Student-level metrics computed for every split only where the dataset's family asks for them:
+# top-5 accuracy (docs/metrics.md#acc_top5) for the ImageNet family, whose 1000 (or many) classes
+# make it the accuracy the literature reports beside top-1. Other families leave its columns
+# null (not measured), where an undefined metric above is NaN.
+TOP5_METRIC = "acc_top5"
+TOP5_FAMILIES: tuple[str, ...] = ("imagenet", "imagenet_lt")
+FAMILY_METRICS: tuple[str, ...] = (TOP5_METRIC,)
 # Per-teacher metrics, suffixed with the teacher's slot: acc_t1, entropy_t2, ...
 TEACHER_METRICS: tuple[str, ...] = ("acc", "entropy")
 
@@ -55,6 +62,11 @@ TRIAL_SUMMARY_SOURCE: dict[str, tuple[str, str]] = {
 }
 
 
+def computes_top5(family: str) -> bool:
+    """Whether the runs of a dataset of ``family`` (``ImageDatasets.family``) measure top-5."""
+    return family in TOP5_FAMILIES
+
+
 def teacher_metric(metric: str, slot: int) -> str:
     """Name of a per-teacher metric, e.g. ``teacher_metric("acc", 1) == "acc_t1"``."""
     return f"{metric}_t{slot}"
@@ -63,6 +75,11 @@ def teacher_metric(metric: str, slot: int) -> str:
 def all_teacher_metrics() -> tuple[str, ...]:
     """Every per-teacher metric name for slots 1..MAX_TEACHERS."""
     return tuple(teacher_metric(m, s) for m in TEACHER_METRICS for s in range(1, MAX_TEACHERS + 1))
+
+
+def epoch_metrics() -> tuple[str, ...]:
+    """Every metric column of an ``epochs`` row (and, per split, of a ``trials`` row), in order."""
+    return SPLIT_METRICS + FAMILY_METRICS + all_teacher_metrics()
 
 
 def report_key(split: str, metric: str) -> str:

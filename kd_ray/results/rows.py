@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from kd_ray.metrics.functional import affinity
-from kd_ray.metrics.names import SPLIT_METRICS, SPLITS, TRIAL_SUMMARY_SOURCE, all_teacher_metrics, report_key
+from kd_ray.metrics.names import FAMILY_METRICS, SPLITS, TRIAL_SUMMARY_SOURCE, epoch_metrics, report_key
 from kd_ray.plan import StudentTrial, TeacherSpec
 
-_METRICS = SPLIT_METRICS + all_teacher_metrics()
+_METRICS = epoch_metrics()
 
 # A stream group's report holds every student's values as ``{trial_id}::{key}``.
 TRIAL_SEP = "::"
@@ -31,6 +31,16 @@ def _value(report: Mapping[str, Any], key: str) -> float:
     return NAN if v is None else float(v)
 
 
+def _metric(report: Mapping[str, Any], split: str, metric: str) -> float | None:
+    """A metric's cell: NaN where the report lacks a metric every run measures (undefined, or
+    no epoch yet), null where it lacks one only some families measure (docs/results.md#epochs:
+    ``acc_top5`` outside the ImageNet family)."""
+    key = report_key(split, metric)
+    if metric in FAMILY_METRICS and report.get(key) is None:
+        return None
+    return _value(report, key)
+
+
 def epoch_rows(trial_id: str, report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One ``epochs`` row per split of one epoch's report.
 
@@ -45,8 +55,7 @@ def epoch_rows(trial_id: str, report: Mapping[str, Any]) -> list[dict[str, Any]]
         "lr": report.get("lr"),
     }
     return [
-        {**common, "split": split, **{m: _value(report, report_key(split, m)) for m in _METRICS}}
-        for split in SPLITS
+        {**common, "split": split, **{m: _metric(report, split, m) for m in _METRICS}} for split in SPLITS
     ]
 
 
@@ -112,7 +121,7 @@ def trial_row(
     }
     for split in SPLITS:
         for m in _METRICS:
-            row[f"{split}_{m}"] = _value(report, report_key(split, m))
+            row[f"{split}_{m}"] = _metric(report, split, m)
     for column, (split, metric) in TRIAL_SUMMARY_SOURCE.items():
         row[column] = _value(report, report_key(split, metric))
     row["gap"] = row["train_acc"] - row["val_acc"]
@@ -152,6 +161,8 @@ def teacher_row(
         "epochs": info.get("epochs"),
         "train_acc": info.get("train_acc"),
         "val_acc": info.get("val_acc"),
+        # Only teachers of the ImageNet family measure it (docs/results.md#teachers).
+        "val_acc_top5": info.get("val_acc_top5"),
         "wall_s": info.get("wall_s"),
         "checkpoint": checkpoint,
     }

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from kd_ray.metrics.names import SPLIT_METRICS, SPLITS, TRIAL_SUMMARY_SOURCE, all_teacher_metrics
+from kd_ray.metrics.names import SPLITS, TRIAL_SUMMARY_SOURCE, epoch_metrics
 
 TABLES: tuple[str, ...] = ("trials", "epochs", "teachers", "calibration")
 
-_METRICS = SPLIT_METRICS + all_teacher_metrics()
+# Files written before a metric's column existed (``acc_top5``) lack it; readers give it null.
+_METRICS = epoch_metrics()
 
 TEACHER_IDS_TYPE = pa.list_(pa.string())
 # Older sweeps' ``trials`` files hold ``teacher_ids`` as one string, the ids joined by this.
@@ -83,6 +84,7 @@ TEACHERS = pa.schema(
         ("epochs", pa.int64()),
         ("train_acc", pa.float64()),
         ("val_acc", pa.float64()),
+        ("val_acc_top5", pa.float64()),
         ("wall_s", pa.float64()),
         ("checkpoint", pa.string()),
     ]

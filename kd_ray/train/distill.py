@@ -33,7 +33,7 @@ from kd_ray.data.device_resize import resize_batch
 from kd_ray.data.streams import build_loaders
 from kd_ray.losses import LOSSES
 from kd_ray.metrics import SplitMetrics
-from kd_ray.metrics.names import report_key
+from kd_ray.metrics.names import computes_top5, report_key
 from kd_ray.models import capture_attention, create_model
 from kd_ray.plan import StudentTrial, kd_axis_values, stream_key
 from kd_ray.seeding import stream_seed
@@ -128,6 +128,7 @@ class DistillationRun:
         self.cfg = cfg
         self.runtime = runtime
         self.num_classes = datasets.num_classes
+        self.top5 = computes_top5(datasets.family)  # docs/metrics.md#acc_top5: ImageNet family only
         self.image_size = dataset_config(cfg, first.dataset).image_size
         # docs/metrics.md#attention-iou: attention maps are compared at the input resolution.
         self.input_size = self.image_size or datasets.native_size
@@ -187,6 +188,7 @@ class DistillationRun:
             ece_bins=m.ece_bins,
             iou_threshold=m.iou_threshold,
             map_size=(self.input_size, self.input_size),
+            top5=self.top5,
         )
 
     def _teacher_input(self, x: torch.Tensor, key: TeacherKey) -> torch.Tensor:

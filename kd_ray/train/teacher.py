@@ -13,6 +13,8 @@ from kd_ray.config import SweepConfig
 from kd_ray.data import ImageDatasets
 from kd_ray.data.device_resize import resize_batch
 from kd_ray.data.streams import teacher_loaders
+from kd_ray.metrics.functional import top_k_correct
+from kd_ray.metrics.names import computes_top5
 from kd_ray.models import create_model
 from kd_ray.plan import TeacherSpec
 from kd_ray.seeding import stable_seed
@@ -46,6 +48,7 @@ class TeacherRun:
     ) -> None:
         self.train_cfg = cfg.teacher.train
         self.image_size = dataset_config(cfg, spec.dataset).image_size
+        self.top5 = computes_top5(datasets.family)  # docs/metrics.md#acc_top5: ImageNet family only
         self.runtime = runtime
         torch.manual_seed(stable_seed("teacher-init", spec.teacher_id))
         model = create_model(
@@ -93,21 +96,25 @@ class TeacherRun:
             )
         self.scheduler.step()
         self.model.eval()
-        val = torch.zeros(2, dtype=torch.float64)  # correct, count
+        val = torch.zeros(3, dtype=torch.float64)  # correct, count, top-5 correct
         with torch.no_grad():
             for x, y in self.loaders.val:
                 x, y = self._inputs(x, y)
                 with self.runtime.autocast():
                     logits = self.model(x)
-                val += torch.tensor([(logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+                top5 = top_k_correct(logits, y, 5).sum().item() if self.top5 else 0
+                val += torch.tensor([(logits.argmax(1) == y).sum().item(), len(y), top5], dtype=torch.float64)
         train, val = sum_across_workers(train), sum_across_workers(val)
-        return {
+        report = {
             "train/loss": (train[0] / train[2]).item(),
             "train/acc": (train[1] / train[2]).item(),
             "val/acc": (val[0] / val[1]).item(),
             "lr": lr,
             "seconds": time.perf_counter() - start,
         }
+        if self.top5:
+            report["val/acc_top5"] = (val[2] / val[1]).item()
+        return report
 
     def state_dict(self) -> dict:
         return {
