@@ -1,15 +1,20 @@
 """Student distillation losses (docs/experiments.md#distillation-loss) and the ``LOSSES`` registry.
 
-Every registered loss is a callable
-``(student_logits, teacher_logits_list, targets, *, temperature, alpha) -> Tensor`` returning a
-scalar to minimise; the train loop looks it up by the sweep config's ``loss`` name.
+A registered loss is a :class:`LossFactory`: built once per student trial with the trial's KD
+hyper-parameters, ``LOSSES.get(name)(temperature=τ, alpha=α)``, it gives the trial's
+:class:`DistillationLoss`, called once per batch as ``loss(student_logits, teacher_logits,
+targets)`` and returning the scalar to minimise. The hyper-parameters are a trial's, fixed for
+its whole run, so they are bound where the run builds the student, not passed with every batch;
+the train loop looks the factory up by the trial's ``loss`` name. :func:`distillation_loss` is the
+formula itself, a plain function with every argument given per call.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,9 +24,39 @@ from torch import Tensor
 from kd_ray.registry import Registry
 
 ArrayLike = Tensor | np.ndarray
-LossFn = Callable[..., Tensor]
 
-LOSSES: Registry[LossFn] = Registry("loss")
+
+class DistillationLoss(Protocol):
+    """One trial's loss, its hyper-parameters bound: what the train loop calls on every batch.
+
+    Args:
+        student_logits: ``(N, C)`` student logits.
+        teacher_logits: the k teachers' ``(N, C)`` logits in slot order, computed by the frozen
+            teachers under ``torch.no_grad()`` on the batch as they saw it under the trial's view.
+        targets: ``(N,)`` integer labels.
+
+    Returns:
+        The scalar loss, differentiable with respect to ``student_logits``.
+    """
+
+    def __call__(
+        self, student_logits: Tensor, teacher_logits: Sequence[Tensor], targets: Tensor
+    ) -> Tensor: ...
+
+
+class LossFactory(Protocol):
+    """Signature every registered loss has: a trial's KD hyper-parameters in, its loss out.
+
+    ``temperature`` is τ and ``alpha`` the hard-label weight α of
+    docs/experiments.md#kd-hyper-parameters (the trial's ``grid.temperatures`` / ``grid.alphas``
+    value, else ``distill.temperature`` / ``distill.alpha``); a loss that has no use for one
+    ignores it.
+    """
+
+    def __call__(self, *, temperature: float, alpha: float) -> DistillationLoss: ...
+
+
+LOSSES: Registry[LossFactory] = Registry("loss")
 
 # Sun et al. (2024) add this to the standard deviation so that a constant logit vector
 # standardises to zeros instead of NaN.
@@ -121,9 +156,28 @@ def _zscore(logits: Tensor) -> Tensor:
     return (logits - mean) / (std + ZSCORE_EPS)
 
 
-# The registered losses are distillation_loss itself, with or without logit standardisation:
-# one function serves both, so "kd" and "zscore_kd" cannot drift apart in anything but that switch.
-kd_loss = LOSSES.register("kd")(functools.partial(distillation_loss, standardize=False))
+@dataclass(frozen=True, kw_only=True)
+class EnsembleKD:
+    """:func:`distillation_loss` with a trial's τ and α (and the standardisation switch) bound."""
+
+    temperature: float
+    alpha: float
+    standardize: bool = False
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Sequence[Tensor], targets: Tensor) -> Tensor:
+        return distillation_loss(
+            student_logits,
+            teacher_logits,
+            targets,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            standardize=self.standardize,
+        )
+
+
+# The registered losses are one class, with or without logit standardisation: "kd" and
+# "zscore_kd" cannot drift apart in anything but that switch.
+kd_loss: LossFactory = LOSSES.register("kd")(functools.partial(EnsembleKD, standardize=False))
 """Vanilla ensemble KD (Hinton et al. 2015): :func:`distillation_loss` on raw logits."""
-zscore_kd_loss = LOSSES.register("zscore_kd")(functools.partial(distillation_loss, standardize=True))
+zscore_kd_loss: LossFactory = LOSSES.register("zscore_kd")(functools.partial(EnsembleKD, standardize=True))
 """Ensemble KD with logit standardisation (Sun et al. 2024) inside the KD term only."""

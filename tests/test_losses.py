@@ -146,7 +146,7 @@ def test_registry_lists_both_losses():
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_registered_losses_match_distillation_loss(name, k):
     s, ts, y = _batch(k)
-    got = LOSSES.get(name)(s, ts, y, temperature=4.0, alpha=0.3)
+    got = LOSSES.get(name)(temperature=4.0, alpha=0.3)(s, ts, y)
     want = distillation_loss(s, ts, y, temperature=4.0, alpha=0.3, standardize=name == "zscore_kd")
     assert float(got) == pytest.approx(float(want), rel=1e-12)
 
@@ -154,3 +154,49 @@ def test_registered_losses_match_distillation_loss(name, k):
 def test_unknown_loss_lists_known_names():
     with pytest.raises(ConfigError, match=r"kd, zscore_kd"):
         LOSSES.get("dkd")
+
+
+def test_a_registered_loss_takes_its_hyper_parameters_at_construction_only():
+    s, ts, y = _batch(2)
+    loss = LOSSES.get("kd")(temperature=4.0, alpha=0.3)
+    assert float(loss(s, ts, y)) == float(loss(s, ts, y))  # bound, no state between batches
+    with pytest.raises(TypeError):
+        LOSSES.get("kd")(4.0, 0.3)  # keywords only: a swapped τ and α cannot pass unseen
+    with pytest.raises(TypeError):
+        loss(s, ts, y, temperature=10.0)
+
+
+def test_the_loss_of_docs_extending_is_a_loss_factory():
+    """The example of docs/extending.md#add-a-loss, as written there (not registered): built with
+    τ and α, called per batch; against one teacher the mean of probabilities is that teacher's,
+    so it equals ``kd``, and against two it matches a numpy reference."""
+    from dataclasses import dataclass
+
+    import torch.nn.functional as F
+
+    @dataclass(frozen=True, kw_only=True)
+    class KDProbMean:
+        temperature: float
+        alpha: float
+
+        def __call__(self, student_logits, teacher_logits, targets):
+            tau = self.temperature
+            p_bar = torch.stack([F.softmax(t / tau, dim=-1) for t in teacher_logits]).mean(dim=0)
+            kd = F.kl_div(F.log_softmax(student_logits / tau, dim=-1), p_bar, reduction="batchmean")
+            return (
+                self.alpha * F.cross_entropy(student_logits, targets.long()) + (1 - self.alpha) * tau**2 * kd
+            )
+
+    s, ts, y = _batch(1)
+    got = KDProbMean(temperature=4.0, alpha=0.3)(s, ts, y)
+    assert float(got) == pytest.approx(
+        float(LOSSES.get("kd")(temperature=4.0, alpha=0.3)(s, ts, y)), rel=1e-12
+    )
+    s, ts, y = _batch(2)
+    p = np.mean(
+        [np.exp(t.numpy() / 4 - np.log(np.exp(t.numpy() / 4).sum(1, keepdims=True))) for t in ts], axis=0
+    )
+    log_q = s.numpy() / 4 - np.log(np.exp(s.numpy() / 4).sum(1, keepdims=True))
+    ce = -np.mean((s.numpy() - np.log(np.exp(s.numpy()).sum(1, keepdims=True)))[np.arange(5), y.numpy()])
+    want = 0.3 * ce + 0.7 * 16 * np.mean((p * (np.log(p) - log_q)).sum(1))
+    assert float(KDProbMean(temperature=4.0, alpha=0.3)(s, ts, y)) == pytest.approx(want, rel=1e-10)

@@ -18,7 +18,6 @@ split, reduced across DDP workers before it is reported.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from kd_ray.config import SweepConfig
 from kd_ray.data import VIEWS, ImageDatasets
 from kd_ray.data.device_resize import resize_batch
 from kd_ray.data.streams import build_loaders
-from kd_ray.losses import LOSSES
+from kd_ray.losses import LOSSES, DistillationLoss
 from kd_ray.metrics import SplitMetrics
 from kd_ray.metrics.names import computes_top5, report_key
 from kd_ray.models import capture_attention, create_model
@@ -64,7 +63,7 @@ class _Student:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: Callable
+    loss_fn: DistillationLoss
     teacher_keys: list[TeacherKey]  # in slot order
     failure: str | None = None  # why it stopped (diverged, or its loss raised); None while it trains
     raised: str | None = None  # what its own loss raised, if it did (it then fails like a divergence)
@@ -169,7 +168,7 @@ class DistillationRun:
             model,
             optimizer,
             build_scheduler(optimizer, train),
-            functools.partial(LOSSES.get(trial.loss), temperature=trial.temperature, alpha=trial.alpha),
+            LOSSES.get(trial.loss)(temperature=trial.temperature, alpha=trial.alpha),
             [
                 teacher_key(tid, trial.view, slot, trial.n_teachers)
                 for slot, tid in enumerate(trial.teacher_ids, 1)
