@@ -26,7 +26,7 @@ from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.orchestration.trials import ERROR_KEY, GROUP_MANIFEST, STATUS_KEY, short_error
 from kd_ray.orchestration.workers import student_fingerprints
 from kd_ray.plan import plan_sweep, stream_groups
-from kd_ray.results.rows import TRIAL_SEP
+from kd_ray.results.rows import trial_keys
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
 from kd_ray.train.checkpoint import fingerprint_problem, load_file, save_to_storage
@@ -156,7 +156,7 @@ def _report(trial_id: str, epoch: int, bins: int) -> dict:
     for split in ("train", "val", "val_aug"):
         for b in range(bins):
             values.update({f"calibration/{split}/{b}/{f}": 1.0 for f in ("count", "acc", "conf")})
-    return {f"{trial_id}{TRIAL_SEP}{k}": v for k, v in values.items()}
+    return trial_keys(trial_id, values)
 
 
 def _collect(tmp_path, cfg, epochs: int, ray_storage=None) -> tuple[ResultsCollector, list[str]]:
@@ -173,7 +173,7 @@ def _collect(tmp_path, cfg, epochs: int, ray_storage=None) -> tuple[ResultsColle
     fake = _fake_trial(cfg, [trial], ray_storage)
     for epoch in range(1, epochs + 1):
         collector.on_trial_result(0, [], fake, _report(trial.trial_id, epoch, cfg.metrics.ece_bins))
-    status = {f"{trial.trial_id}{TRIAL_SEP}{STATUS_KEY}": "ok", f"{trial.trial_id}{TRIAL_SEP}{ERROR_KEY}": ""}
+    status = trial_keys(trial.trial_id, {STATUS_KEY: "ok", ERROR_KEY: ""})
     collector.on_trial_result(0, [], fake, status)
     collector.on_trial_complete(0, [], fake)
     return collector, writes

@@ -27,7 +27,7 @@ from kd_ray.orchestration.collector import GRID_COLUMNS, ResultsCollector
 from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY
 from kd_ray.orchestration.workers import student_fingerprints
 from kd_ray.plan import plan_sweep
-from kd_ray.results.rows import TRIAL_SEP
+from kd_ray.results.rows import trial_keys
 from kd_ray.storage import Storage
 from kd_ray.train.checkpoint import save_to_storage, student_state, teacher_state, to_bytes
 
@@ -133,7 +133,7 @@ def _report(trial_id: str, epoch: int, bins: int) -> dict:
     for split in ("train", "val", "val_aug"):
         for b in range(bins):
             values.update({f"calibration/{split}/{b}/{f}": 1.0 for f in ("count", "acc", "conf")})
-    return {f"{trial_id}{TRIAL_SEP}{k}": v for k, v in values.items()}
+    return trial_keys(trial_id, values)
 
 
 def _finish_one(sweep: Path, cfg, status: str, monkeypatch) -> tuple[str, list[str]]:
@@ -161,7 +161,7 @@ def _finish_one(sweep: Path, cfg, status: str, monkeypatch) -> tuple[str, list[s
         0,
         [],
         fake,
-        {f"{trial.trial_id}{TRIAL_SEP}{STATUS_KEY}": status, f"{trial.trial_id}{TRIAL_SEP}{ERROR_KEY}": ""},
+        trial_keys(trial.trial_id, {STATUS_KEY: status, ERROR_KEY: ""}),
     )
     collector.on_trial_complete(0, [], fake)
     return trial.trial_id, written

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 import ray.tune
 
 from kd_ray.orchestration.trials import STATUS_KEY
-from kd_ray.results.rows import TRIAL_SEP
+from kd_ray.results.rows import report_field
 from kd_ray.status import format_duration
 
 # Seconds between two progress tables while runs train (Tune's own heartbeat is 30 s), and
@@ -125,7 +125,7 @@ def mean_val_acc(result: dict[str, Any]) -> float | None:
     values = [
         float(v)
         for k, v in result.items()
-        if (k == "val/acc" or k.endswith(f"{TRIAL_SEP}val/acc")) and isinstance(v, (int, float))
+        if report_field(k) == "val/acc" and isinstance(v, (int, float))
     ]
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else None
@@ -136,7 +136,7 @@ def failed_members(result: dict[str, Any]) -> int:
     return sum(
         1
         for k, v in result.items()
-        if (k == STATUS_KEY or k.endswith(f"{TRIAL_SEP}{STATUS_KEY}")) and v != "ok"
+        if report_field(k) == STATUS_KEY and v != "ok"
     )
 
 
@@ -214,7 +214,7 @@ class _Progress(ray.tune.Callback):
         if isinstance(result.get("epoch"), (int, float)):
             run.epoch = int(result["epoch"])
             run.val_acc = mean_val_acc(result)
-        elif any(k == STATUS_KEY or k.endswith(f"{TRIAL_SEP}{STATUS_KEY}") for k in result):
+        elif any(report_field(k) == STATUS_KEY for k in result):
             run.failed = failed_members(result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

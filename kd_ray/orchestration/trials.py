@@ -29,7 +29,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from kd_ray.config import parse_config
 from kd_ray.orchestration.workers import student_worker, teacher_worker
-from kd_ray.results.rows import TRIAL_SEP
+from kd_ray.results.rows import trial_keys
 from kd_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -169,10 +169,8 @@ def group_trial(config: dict[str, Any]) -> None:
     final = {}
     for trial in group["trials"]:
         tid = trial["trial_id"]
-        final[f"{tid}{TRIAL_SEP}{STATUS_KEY}"] = status.get(tid, "failed")
-        final[f"{tid}{TRIAL_SEP}{ERROR_KEY}"] = errors.get(tid) or (
-            "" if tid in status else "the run returned no status"
-        )
+        error = errors.get(tid) or ("" if tid in status else "the run returned no status")
+        final.update(trial_keys(tid, {STATUS_KEY: status.get(tid, "failed"), ERROR_KEY: error}))
     ray.tune.report(final)
 
 

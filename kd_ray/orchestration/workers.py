@@ -41,7 +41,7 @@ from kd_ray.plan import (
     torch_threads,
     trial_fingerprint_content,
 )
-from kd_ray.results.rows import TRIAL_SEP
+from kd_ray.results.rows import report_field, trial_keys
 from kd_ray.storage import Storage
 from kd_ray.train.checkpoint import (
     STATE_FORMAT,
@@ -174,7 +174,7 @@ def _reannounce(reports: list[dict[str, Any]]) -> None:
 def _without_calibration(report: dict[str, Any]) -> dict[str, Any]:
     # Calibration bins are written for a trial's final epoch only; earlier epochs' bins would
     # grow each checkpoint's history by bins x splits x students per epoch.
-    return {k: v for k, v in report.items() if not k.partition(TRIAL_SEP)[2].startswith("calibration/")}
+    return {k: v for k, v in report.items() if not report_field(k).startswith("calibration/")}
 
 
 def _report(
@@ -216,10 +216,6 @@ def calibration_keys(calibration: dict[str, list[dict]]) -> dict[str, float]:
     }
 
 
-def _prefixed(trial_id: str, values: dict[str, Any]) -> dict[str, Any]:
-    return {f"{trial_id}{TRIAL_SEP}{k}": v for k, v in values.items()}
-
-
 def student_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train loop of one stream group of student trials on one Ray Train worker.
 
@@ -231,12 +227,11 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
     from kd_ray.data import DATASETS
     from kd_ray.models import create_model
     from kd_ray.train.distill import DistillationRun
-    from kd_ray.train.teacher import dataset_config
 
     cfg = parse_config(config["sweep"])
     trials = [StudentTrial.from_dict(d) for d in config["group"]["trials"]]
     runtime, rank, world_size = _setup(cfg)
-    dcfg = dataset_config(cfg, trials[0].dataset)
+    dcfg = cfg.dataset(trials[0].dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
     plan = plan_sweep(cfg, check_names=False)
     store = TeacherStore(Storage.open(config["teacher_store"]))
@@ -272,7 +267,7 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
         report: dict[str, Any] = {}
         for tid, values in result.reports.items():
             report.update(
-                _prefixed(tid, {**values, "epoch": epoch, **calibration_keys(result.calibration[tid])})
+                trial_keys(tid, {**values, "epoch": epoch, **calibration_keys(result.calibration[tid])})
             )
         _report(run, epoch, report, rank, fingerprints, history)
     if rank == 0 and config.get("students"):
@@ -300,13 +295,13 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
 def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train loop of one teacher; rank 0 stores the trained weights in the teacher store."""
     from kd_ray.data import DATASETS
-    from kd_ray.train.teacher import TeacherRun, dataset_config
+    from kd_ray.train.teacher import TeacherRun
 
     started = time.perf_counter()
     cfg = parse_config(config["sweep"])
     spec = TeacherSpec(**config["teacher"])
     runtime, rank, world_size = _setup(cfg)
-    dcfg = dataset_config(cfg, spec.dataset)
+    dcfg = cfg.dataset(spec.dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
     run = TeacherRun(
         cfg, spec, datasets, runtime, rank=rank, world_size=world_size, wrap=_wrapper(runtime, world_size)

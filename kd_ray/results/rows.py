@@ -13,14 +13,26 @@ from kd_ray.plan import StudentTrial, TeacherSpec
 
 _METRICS = epoch_metrics()
 
-# A stream group's report holds every student's values as ``{trial_id}::{key}``.
+# A stream group's report holds every student's values as ``{trial_id}::{key}``. The three
+# functions below are the only code that writes or reads that encoding.
 TRIAL_SEP = "::"
+
+
+def trial_keys(trial_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """One trial's values as keys of its stream group's report (what :func:`trial_report` reads)."""
+    return {f"{trial_id}{TRIAL_SEP}{k}": v for k, v in values.items()}
 
 
 def trial_report(result: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
     """One trial's values from a stream group's report (empty if it has none this epoch)."""
     prefix = trial_id + TRIAL_SEP
     return {k[len(prefix) :]: v for k, v in result.items() if k.startswith(prefix)}
+
+
+def report_field(key: str) -> str:
+    """The value's own name in a report key: ``val/acc`` for ``{trial_id}::val/acc`` and for a
+    teacher's plain ``val/acc``."""
+    return key.rpartition(TRIAL_SEP)[2]
 
 
 NAN = float("nan")
