@@ -387,6 +387,19 @@ class SweepConfig(_Strict):
         "(s3://KEY:SECRET@...) are used but never saved or printed",
     )
 
+    def dataset(self, key: str) -> DatasetConfig:
+        """The entry of ``datasets`` whose key (label, else name) is ``key``: what a trial's or a
+        teacher's ``dataset`` names.
+
+        Raises:
+            ConfigError: no dataset has that key (a trial planned from another config).
+        """
+        for dataset in self.datasets:
+            if dataset.key == key:
+                return dataset
+        known = ", ".join(d.key for d in self.datasets)
+        raise ConfigError(f"no dataset {key!r} in this config's datasets ({known})")
+
     @field_serializer("results")
     def _no_credentials(self, v: str) -> str:
         # A dumped config travels into Tune's params and the saved config.yaml.

@@ -89,6 +89,18 @@ def test_safe_labels_and_largest_seeds_are_accepted() -> None:
     assert [d.key for d in cfg.datasets] == ["digits 10%", "d.v2-x"]
 
 
+def test_a_dataset_is_looked_up_by_its_key() -> None:
+    cfg = parse_config(
+        {**MINIMAL, "datasets": [{"name": "digits"}, {"name": "digits", "label": "d2", "imbalance": 10}]}
+    )
+    assert cfg.dataset("digits") is cfg.datasets[0]
+    assert cfg.dataset("d2") is cfg.datasets[1] and cfg.dataset("d2").imbalance == 10
+    with pytest.raises(
+        ConfigError, match=r"^no dataset 'cifar100' in this config's datasets \(digits, d2\)$"
+    ):
+        cfg.dataset("cifar100")
+
+
 def test_dumped_config_holds_no_results_credentials(tmp_path: Path) -> None:
     cfg = parse_config({**MINIMAL, "results": "s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/runs?region=eu-west-1"})
     assert cfg.results.startswith("s3://AKIDEXAMPLE:wJalrXUtnFEMI@")  # the CLI still gets them

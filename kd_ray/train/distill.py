@@ -39,7 +39,6 @@ from kd_ray.seeding import stream_seed
 from kd_ray.train.checkpoint import unwrap
 from kd_ray.train.optim import build_optimizer, build_scheduler
 from kd_ray.train.runtime import Runtime
-from kd_ray.train.teacher import dataset_config
 
 # A teacher forward pass is keyed by what the teacher sees: ``(teacher_id,)`` for the whole
 # batch, ``(teacher_id, view, slot, k)`` for a view's transform of it. The ``full`` view is the
@@ -128,7 +127,7 @@ class DistillationRun:
         self.runtime = runtime
         self.num_classes = datasets.num_classes
         self.top5 = computes_top5(datasets.family)  # docs/metrics.md#acc_top5: ImageNet family only
-        self.image_size = dataset_config(cfg, first.dataset).image_size
+        self.image_size = cfg.dataset(first.dataset).image_size
         # docs/metrics.md#attention-iou: attention maps are compared at the input resolution.
         self.input_size = self.image_size or datasets.native_size
         self.views = {t.view: VIEWS.get(t.view) for t in trials}

@@ -23,11 +23,6 @@ from kd_ray.train.optim import build_optimizer, build_scheduler
 from kd_ray.train.runtime import Runtime, sum_across_workers
 
 
-def dataset_config(cfg: SweepConfig, key: str):
-    """The DatasetConfig whose key (label or name) is ``key``."""
-    return next(d for d in cfg.datasets if d.key == key)
-
-
 class TeacherRun:
     """The epochs of one teacher; the caller reports and checkpoints between them.
 
@@ -47,7 +42,7 @@ class TeacherRun:
         wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
     ) -> None:
         self.train_cfg = cfg.teacher.train
-        self.image_size = dataset_config(cfg, spec.dataset).image_size
+        self.image_size = cfg.dataset(spec.dataset).image_size
         self.top5 = computes_top5(datasets.family)  # docs/metrics.md#acc_top5: ImageNet family only
         self.runtime = runtime
         torch.manual_seed(stable_seed("teacher-init", spec.teacher_id))
