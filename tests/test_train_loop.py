@@ -210,6 +210,21 @@ def test_a_diverging_student_stops_and_the_others_go_on(setup) -> None:
     assert not run.active and not result.reports
 
 
+def test_a_diverging_teacher_says_so_and_a_sane_one_does_not(setup) -> None:
+    # The loop judges divergence for teachers as for students; the Ray worker only ends the run.
+    cfg, plan, datasets, _ = setup
+    sane = TeacherRun(cfg, plan.teachers[0], datasets, CPU)
+    sane.run_epoch(1)
+    assert sane.failure is None
+    hot = parse_config(
+        {**CFG, "teacher": {"arch": "cnn_tiny", "train": {"epochs": 1, "batch_size": 16, "lr": 1e12}}}
+    )
+    run = TeacherRun(hot, plan_sweep(hot).teachers[0], datasets, CPU)
+    report = run.run_epoch(1)
+    assert not math.isfinite(report["train/loss"])
+    assert run.failure == f"teacher diverged at epoch 1: loss {report['train/loss']}"
+
+
 def test_teacher_checkpoint_refuses_another_teacher(setup) -> None:
     model = create_model("cnn_tiny", num_classes=4, in_channels=3)
     data = teacher_bytes(model, teacher_id="a", arch="cnn_tiny", num_classes=4)

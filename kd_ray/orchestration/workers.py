@@ -16,7 +16,6 @@ checkpoint kept in its directory, else starts fresh, and says which in one line 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import posixpath
 import re
@@ -313,11 +312,8 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
     history = [_without_calibration(r) for r in done]
     for epoch in range(start, cfg.teacher.train.epochs + 1):
         report = run.run_epoch(epoch)
-        if not math.isfinite(report["train/loss"]):
-            return {
-                "status": "failed",
-                "error": f"teacher diverged at epoch {epoch}: loss {report['train/loss']}",
-            }
+        if run.failure:  # judged by the loop, as a student's is (kd_ray.train.teacher)
+            return {"status": "failed", "error": run.failure}
         _report(run, epoch, report, rank, fingerprints, history)
     if rank == 0:
         info = {

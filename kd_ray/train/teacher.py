@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -27,7 +28,10 @@ class TeacherRun:
     """The epochs of one teacher; the caller reports and checkpoints between them.
 
     Its initial weights and data stream are seeded by the teacher's id, so a teacher is the same
-    model whichever sweep or worker count trains it.
+    model whichever sweep or worker count trains it. Like a student in
+    :class:`~kd_ray.train.distill.DistillationRun`, it stops when its training loss over an
+    epoch, summed across workers, is not finite: ``failure`` then says why (the same on every
+    rank), and the caller ends the run.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class TeacherRun:
         self.image_size = cfg.dataset(spec.dataset).image_size
         self.top5 = computes_top5(datasets.family)  # docs/metrics.md#acc_top5: ImageNet family only
         self.runtime = runtime
+        self.failure: str | None = None  # why it stopped (diverged); None while it trains
         torch.manual_seed(stable_seed("teacher-init", spec.teacher_id))
         model = create_model(
             cfg.teacher.arch,
@@ -72,7 +77,8 @@ class TeacherRun:
         return (resize_batch(x, self.image_size) if self.image_size else x), y
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
-        """Train 1-based ``epoch`` and evaluate; returns flat ``split/metric`` values."""
+        """Train 1-based ``epoch`` and evaluate; returns flat ``split/metric`` values and sets
+        ``failure`` if the teacher diverged."""
         start = time.perf_counter()
         self.loaders.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -109,6 +115,8 @@ class TeacherRun:
         }
         if self.top5:
             report["val/acc_top5"] = (val[2] / val[1]).item()
+        if not math.isfinite(report["train/loss"]):
+            self.failure = f"teacher diverged at epoch {epoch}: loss {report['train/loss']}"
         return report
 
     def state_dict(self) -> dict:
