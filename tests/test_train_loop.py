@@ -12,7 +12,7 @@ from kd_ray.data import DATASETS, VIEWS
 from kd_ray.errors import CheckpointError
 from kd_ray.models import create_model
 from kd_ray.plan import plan_sweep
-from kd_ray.train.checkpoint import load_teacher_weights, teacher_bytes
+from kd_ray.train.checkpoint import load_teacher_weights, teacher_bytes, teacher_state
 from kd_ray.train.distill import DistillationRun, teacher_key
 from kd_ray.train.optim import lr_factor
 from kd_ray.train.runtime import Runtime
@@ -236,6 +236,22 @@ def test_teacher_checkpoint_refuses_another_teacher(setup) -> None:
     with pytest.raises(CheckpointError, match="do not fit"):
         other = create_model("cnn_small", num_classes=4, in_channels=3)
         load_teacher_weights(other, data, teacher_id="a", arch="cnn_tiny", source="a.pt")
+
+
+def test_checkpoints_hold_the_weights_inside_wrappers_and_only_there() -> None:
+    # One unwrap (kd_ray.models.unwrap_model) for checkpoints and attention hooks: it strips
+    # DDP/DataParallel/torch.compile wrappers, not a model's own child that is called "module".
+    model = create_model("cnn_tiny", num_classes=4, in_channels=3)
+    wrapped = teacher_state(torch.nn.DataParallel(model), teacher_id="a", arch="cnn_tiny", num_classes=4)
+    assert wrapped["state_dict"].keys() == model.state_dict().keys()
+
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = torch.nn.Linear(2, 2)
+
+    own = teacher_state(Holder(), teacher_id="a", arch="holder", num_classes=2)
+    assert sorted(own["state_dict"]) == ["module.bias", "module.weight"]
 
 
 def test_step_schedule_with_warmup() -> None:

@@ -20,9 +20,8 @@ from torch import Tensor
 
 from kd_ray.distributed import all_reduce_sum_
 from kd_ray.metrics import functional as fn
+from kd_ray.metrics.functional import NAN
 from kd_ray.metrics.names import TOP5_METRIC, teacher_metric
-
-NAN = float("nan")
 
 
 class SplitMetrics:

@@ -19,6 +19,8 @@ from torch import Tensor
 
 ArrayLike = Tensor | np.ndarray
 
+# What a metric is where it is undefined (an empty split, a zero denominator): the one
+# definition, used by the accumulator and the result rows too.
 NAN = float("nan")
 
 

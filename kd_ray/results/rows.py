@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from kd_ray.metrics.functional import affinity
+from kd_ray.metrics.functional import NAN, affinity
 from kd_ray.metrics.names import FAMILY_METRICS, SPLITS, TRIAL_SUMMARY_SOURCE, epoch_metrics, report_key
 from kd_ray.plan import StudentTrial, TeacherSpec
 
@@ -33,9 +33,6 @@ def report_field(key: str) -> str:
     """The value's own name in a report key: ``val/acc`` for ``{trial_id}::val/acc`` and for a
     teacher's plain ``val/acc``."""
     return key.rpartition(TRIAL_SEP)[2]
-
-
-NAN = float("nan")
 
 
 def _value(report: Mapping[str, Any], key: str) -> float:

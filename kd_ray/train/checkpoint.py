@@ -142,10 +142,13 @@ def fingerprint_problem(saved: Any, expected: Mapping[str, Mapping[str, Any]]) -
     return None
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel (or torch.compile) wrapper."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+def _weights(model: nn.Module) -> dict[str, Any]:
+    """The state dict of the model inside its DDP / torch.compile wrappers: the keys a bare
+    model of the architecture loads."""
+    # Imported here: kd_ray.models imports this module (load_student reads student files).
+    from kd_ray.models import unwrap_model
+
+    return unwrap_model(model).state_dict()
 
 
 def teacher_state(model: nn.Module, *, teacher_id: str, arch: str, num_classes: int) -> dict[str, Any]:
@@ -156,7 +159,7 @@ def teacher_state(model: nn.Module, *, teacher_id: str, arch: str, num_classes: 
         "teacher_id": teacher_id,
         "arch": arch,
         "num_classes": num_classes,
-        "state_dict": unwrap(model).state_dict(),
+        "state_dict": _weights(model),
     }
 
 
@@ -190,7 +193,7 @@ def student_state(
         "image_size": image_size,
         "dataset": dataset,
         "fingerprint": dict(fingerprint),
-        "state_dict": unwrap(model).state_dict(),
+        "state_dict": _weights(model),
     }
 
 

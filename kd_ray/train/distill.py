@@ -33,10 +33,9 @@ from kd_ray.data.streams import build_loaders
 from kd_ray.losses import LOSSES, DistillationLoss
 from kd_ray.metrics import SplitMetrics
 from kd_ray.metrics.names import computes_top5, report_key
-from kd_ray.models import capture_attention, create_model
+from kd_ray.models import capture_attention, create_model, unwrap_model
 from kd_ray.plan import StudentTrial, kd_axis_values, stream_key
 from kd_ray.seeding import stream_seed
-from kd_ray.train.checkpoint import unwrap
 from kd_ray.train.optim import build_optimizer, build_scheduler
 from kd_ray.train.runtime import Runtime
 
@@ -304,7 +303,7 @@ class DistillationRun:
     def state_dict(self) -> dict:
         return {
             s.trial.trial_id: {
-                "model": unwrap(s.model).state_dict(),
+                "model": unwrap_model(s.model).state_dict(),
                 "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(),
                 # The key stays "diverged" (it holds the failure message, "" if none) so that
@@ -317,7 +316,7 @@ class DistillationRun:
     def load_state_dict(self, state: dict) -> None:
         for s in self.students:
             own = state[s.trial.trial_id]
-            unwrap(s.model).load_state_dict(own["model"])
+            unwrap_model(s.model).load_state_dict(own["model"])
             s.optimizer.load_state_dict(own["optimizer"])
             s.scheduler.load_state_dict(own["scheduler"])
             s.failure = own["diverged"] or None  # the failure message, under its old key

@@ -16,10 +16,9 @@ from kd_ray.data.device_resize import resize_batch
 from kd_ray.data.streams import teacher_loaders
 from kd_ray.metrics.functional import top_k_correct
 from kd_ray.metrics.names import computes_top5
-from kd_ray.models import create_model
+from kd_ray.models import create_model, unwrap_model
 from kd_ray.plan import TeacherSpec
 from kd_ray.seeding import stable_seed
-from kd_ray.train.checkpoint import unwrap
 from kd_ray.train.optim import build_optimizer, build_scheduler
 from kd_ray.train.runtime import Runtime, sum_across_workers
 
@@ -121,12 +120,12 @@ class TeacherRun:
 
     def state_dict(self) -> dict:
         return {
-            "model": unwrap(self.model).state_dict(),
+            "model": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        unwrap(self.model).load_state_dict(state["model"])
+        unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
