@@ -40,3 +40,38 @@ def test_ray_outside_compat_is_public_only() -> None:
         if p.name != "_ray_compat.py" and "ray._private" in p.read_text()
     ]
     assert offenders == []
+
+
+def test_tune_pieces_exist_in_this_ray(tmp_path) -> None:
+    from ray.tune.execution import class_cache
+    from ray.tune.experiment import Trial
+
+    assert isinstance(class_cache.ENV_VARS_TO_PROPAGATE, set), f"Ray {ray.__version__}: Tune's env copy moved"
+    assert callable(getattr(Trial, "get_error", None)), f"Ray {ray.__version__}: Trial.get_error moved"
+    # The local copy is read when the storage read fails; a trial with neither gives None.
+    saved = tmp_path / "error.txt"
+    saved.write_text("Traceback\nKeyError: 'x'\n")
+
+    def unreadable() -> str:
+        raise OSError("gone")
+
+    class _Trial:
+        get_error = staticmethod(unreadable)
+        error_file = str(saved)
+
+    assert _ray_compat.trial_error_text(_Trial()) == saved.read_text()
+    _Trial.error_file = None
+    assert _ray_compat.trial_error_text(_Trial()) is None
+
+
+def test_tune_stops_copying_the_named_credentials() -> None:
+    from ray.tune.execution import class_cache
+
+    before = set(class_cache.ENV_VARS_TO_PROPAGATE)
+    try:
+        assert "AWS_SECRET_ACCESS_KEY" in before  # what the sweep removes is there to remove
+        _ray_compat.stop_tune_copying_credentials(["AWS_SECRET_ACCESS_KEY"])
+        assert "AWS_SECRET_ACCESS_KEY" not in class_cache.ENV_VARS_TO_PROPAGATE
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE.clear()
+        class_cache.ENV_VARS_TO_PROPAGATE.update(before)

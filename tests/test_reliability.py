@@ -22,10 +22,11 @@ from kd_ray.config import dump_config, parse_config
 from kd_ray.errors import ResultsError
 from kd_ray.orchestration import sweep as sweep_mod
 from kd_ray.orchestration.collector import ResultsCollector, TeacherOutcomes
+from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.orchestration.trials import ERROR_KEY, GROUP_MANIFEST, STATUS_KEY, short_error
 from kd_ray.orchestration.workers import student_fingerprints
-from kd_ray.plan import plan_sweep, stream_groups
+from kd_ray.plan import StudentTrial, plan_sweep, stream_groups
 from kd_ray.results.rows import trial_keys
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
@@ -144,11 +145,10 @@ def test_a_checkpoint_fingerprint_ignores_where_and_how_fast() -> None:
 # --- item 4: the trials row is written last; resume checks every table -----------------------
 
 
-def _fake_trial(cfg, trials, ray_storage=None):
-    config = {"group": {"group_id": "g", "trials": [t.__dict__ for t in trials]}}
-    if ray_storage:
-        config["ray_storage"] = ray_storage
-    return SimpleNamespace(config=config, get_error=lambda: None, error_file=None)
+def _fake_trial(book: RunBook, trials):
+    """A Tune trial of stream group ``g`` with ``trials``, written down in ``book`` as the gate does."""
+    book.record("tune-g", {"group_id": "g", "trials": [t.__dict__ for t in trials]})
+    return SimpleNamespace(trial_id="tune-g", get_error=lambda: None, error_file=None)
 
 
 def _report(trial_id: str, epoch: int, bins: int) -> dict:
@@ -163,6 +163,8 @@ def _collect(tmp_path, cfg, epochs: int, ray_storage=None) -> tuple[ResultsColle
     trial = plan_sweep(cfg).trials[0]
     collector = ResultsCollector(
         str(tmp_path / "sweep"),
+        RunBook("group"),
+        ray_storage=ray_storage,
         teacher_arch="cnn_tiny",
         student_arch="cnn_tiny",
         ece_bins=cfg.metrics.ece_bins,
@@ -170,7 +172,7 @@ def _collect(tmp_path, cfg, epochs: int, ray_storage=None) -> tuple[ResultsColle
     writes: list[str] = []
     write = collector.tables.write
     collector.tables.write = lambda table, owner, rows: (writes.append(table), write(table, owner, rows))
-    fake = _fake_trial(cfg, [trial], ray_storage)
+    fake = _fake_trial(collector.runs, [trial])
     for epoch in range(1, epochs + 1):
         collector.on_trial_result(0, [], fake, _report(trial.trial_id, epoch, cfg.metrics.ece_bins))
     status = trial_keys(trial.trial_id, {STATUS_KEY: "ok", ERROR_KEY: ""})
@@ -211,7 +213,7 @@ def test_a_report_from_an_earlier_epoch_drops_rows_of_later_epochs(tmp_path) -> 
     cfg = _cfg()
     collector, _ = _collect(tmp_path, cfg, epochs=2)
     trial = plan_sweep(cfg).trials[0]
-    fake = _fake_trial(cfg, [trial])
+    fake = _fake_trial(collector.runs, [trial])
     collector.on_trial_result(0, [], fake, _report(trial.trial_id, 1, cfg.metrics.ece_bins))
     epochs = collector.tables.read_owner("epochs", trial.trial_id)
     assert sorted(set(epochs["epoch"])) == [1]
@@ -312,7 +314,8 @@ def test_a_started_group_is_resumed_whole_whatever_trials_per_run_says(tmp_path)
     sweep.child("_ray", "started-group").write_bytes(GROUP_MANIFEST, json.dumps(manifest).encode())
     # One of its members finished meanwhile; trials_per_run is now 1.
     runnable = [t for t in trials if t.trial_id != started[0].trial_id]
-    items = sweep_mod._group_items(sweep, runnable, set(), max_size=1)
+    plan = plan_sweep(cfg)
+    items = sweep_mod._group_items(cfg, plan, sweep, runnable, set(), max_size=1)
     by_id = {item["group_id"]: [t["trial_id"] for t in item["trials"]] for item in items}
     assert by_id["started-group"] == [t.trial_id for t in started[1:]]
     others = [t for t in runnable if t not in started]
@@ -323,11 +326,28 @@ def test_a_started_group_is_resumed_whole_whatever_trials_per_run_says(tmp_path)
     scratch = started[1]
     old_run = sweep.child("_ray", sweep_mod.group_id([scratch]))
     old_run.write_bytes("checkpoint_x/state.pt", b"stale")
-    items = sweep_mod._group_items(sweep, runnable, {scratch.trial_id}, max_size=None)
+    items = sweep_mod._group_items(cfg, plan, sweep, runnable, {scratch.trial_id}, max_size=None)
     by_id = {item["group_id"]: [t["trial_id"] for t in item["trials"]] for item in items}
     assert by_id["started-group"] == [started[2].trial_id]
     assert by_id[sweep_mod.group_id([scratch])] == [scratch.trial_id]
     assert not old_run.exists()
+
+
+def test_a_group_ships_its_teachers_specs_and_the_workers_digests(tmp_path) -> None:
+    # The worker loads its teachers from the specs in its group, and the collector writes each
+    # sidecar with the digest in it: both must be what the plan and the worker's own
+    # fingerprints say (issue 13, item 4: workers get what the driver knows).
+    cfg = _cfg()
+    plan = plan_sweep(cfg)
+    items = sweep_mod._group_items(cfg, plan, Storage.open(tmp_path / "s"), list(plan.trials), set(), None)
+    assert sum(len(item["trials"]) for item in items) == len(plan.trials)
+    for item in items:
+        trials = [StudentTrial.from_dict(d) for d in item["trials"]]
+        needed = {tid for t in trials for tid in t.teacher_ids}
+        assert {d["teacher_id"] for d in item["teachers"]} == needed
+        assert all(d == plan.teacher(d["teacher_id"]).__dict__ for d in item["teachers"])
+        worker = student_fingerprints(cfg, trials)
+        assert item["digests"] == {tid: f["digest"] for tid, f in worker.items()}
 
 
 # --- item 7: the worker's own reason reaches the tables ---------------------------------------
@@ -355,8 +375,10 @@ def test_the_workers_own_reason_is_kept_not_rays_wrapper() -> None:
 
 
 def test_teacher_failures_keep_the_workers_reason() -> None:
-    outcomes = TeacherOutcomes()
-    trial = SimpleNamespace(config={"teacher": {"teacher_id": "t1"}}, get_error=lambda: WORKER_GROUP_ERROR)
+    outcomes = TeacherOutcomes(RunBook("teacher"))
+    spec = plan_sweep(_cfg()).teachers[0]
+    outcomes.runs.record("tune-t1", {**spec.__dict__, "teacher_id": "t1"})
+    trial = SimpleNamespace(trial_id="tune-t1", get_error=lambda: WORKER_GROUP_ERROR)
     outcomes.on_trial_result(0, [], trial, {"train/loss": 1.0})
     assert outcomes.errors == {}
     outcomes.on_trial_result(0, [], trial, {STATUS_KEY: "failed", ERROR_KEY: "teacher diverged at epoch 1"})

@@ -24,6 +24,7 @@ from kd_ray.config import load_config, parse_config
 from kd_ray.errors import CheckpointError
 from kd_ray.models import create_model, load_student
 from kd_ray.orchestration.collector import GRID_COLUMNS, ResultsCollector
+from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY
 from kd_ray.orchestration.workers import student_fingerprints
 from kd_ray.plan import plan_sweep
@@ -147,14 +148,15 @@ def _finish_one(sweep: Path, cfg, status: str, monkeypatch) -> tuple[str, list[s
         Storage, "write_bytes", lambda self, name, data: (written.append(name), write_bytes(self, name, data))
     )
     collector = ResultsCollector(
-        str(sweep), teacher_arch=ARCH, student_arch=ARCH, ece_bins=cfg.metrics.ece_bins
+        str(sweep), RunBook("group"), teacher_arch=ARCH, student_arch=ARCH, ece_bins=cfg.metrics.ece_bins
     )
-    config = {
-        "group": {"group_id": "g", "trials": [trial.__dict__]},
-        "sweep": cfg.model_dump(mode="json"),
-        "students": str(sweep / "students"),
-    }
-    fake = SimpleNamespace(config=config, get_error=lambda: None, error_file=None)
+    # The group as the driver hands it out: with each trial's fingerprint digest, which the
+    # worker computes again for the .pt it exports.
+    digest = student_fingerprints(cfg, [trial])[trial.trial_id]["digest"]
+    collector.runs.record(
+        "tune-g", {"group_id": "g", "trials": [trial.__dict__], "digests": {trial.trial_id: digest}}
+    )
+    fake = SimpleNamespace(trial_id="tune-g", get_error=lambda: None, error_file=None)
     for epoch in (1, 2):
         collector.on_trial_result(0, [], fake, _report(trial.trial_id, epoch, cfg.metrics.ece_bins))
     collector.on_trial_result(

@@ -27,6 +27,7 @@ from kd_ray.config import TRACKER_NAMES, dump_config, load_config, parse_config
 from kd_ray.errors import ConfigError
 from kd_ray.metrics.names import SPLIT_METRICS, SPLITS
 from kd_ray.orchestration.collector import ResultsCollector, TeacherOutcomes
+from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.sweep import _comparable
 from kd_ray.overrides import apply_overrides
 from kd_ray.plan import plan_sweep
@@ -92,16 +93,23 @@ def _done(trials) -> dict:
     return out
 
 
-def _tune_trial(trials, group=GROUP):
-    return SimpleNamespace(config={"group": {"group_id": group, "trials": [t.__dict__ for t in trials]}})
+def _tune_trial(book: RunBook, trials, group=GROUP):
+    """A Tune trial of stream group ``group``, written down in ``book`` as the gate does."""
+    book.record(f"tune-{group}", {"group_id": group, "trials": [t.__dict__ for t in trials]})
+    return SimpleNamespace(trial_id=f"tune-{group}")
 
 
 def _collect(sweep_dir: Path, trackers: Trackers, trials, epochs, *, finish=True) -> ResultsCollector:
     """Feed the collector a stream group's reports of ``epochs`` (and its end), as Tune would."""
     collector = ResultsCollector(
-        str(sweep_dir), teacher_arch="cnn_tiny", student_arch="cnn_tiny", ece_bins=15, trackers=trackers
+        str(sweep_dir),
+        RunBook("group"),
+        teacher_arch="cnn_tiny",
+        student_arch="cnn_tiny",
+        ece_bins=15,
+        trackers=trackers,
     )
-    tune_trial = _tune_trial(trials)
+    tune_trial = _tune_trial(collector.runs, trials)
     collector.on_trial_start(0, [], tune_trial)
     for epoch in epochs:
         collector.on_trial_result(0, [], tune_trial, _report(trials, epoch))
@@ -121,8 +129,9 @@ def _teacher_stage(cfg, sweep_dir: Path, trackers: Trackers, *, trained: bool = 
     spec = _plan().teachers[0]
     epochs = cfg.teacher.train.epochs
     if trained:
-        outcomes = TeacherOutcomes(trackers)
-        tune_trial = SimpleNamespace(config={"teacher": spec.__dict__})
+        outcomes = TeacherOutcomes(RunBook("teacher"), trackers)
+        outcomes.runs.record("tune-teacher", spec.__dict__)
+        tune_trial = SimpleNamespace(trial_id="tune-teacher")
         for epoch in range(1, epochs + 1):
             report = {
                 "epoch": epoch,

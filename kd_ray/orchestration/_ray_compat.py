@@ -6,9 +6,15 @@ loudly when an upgrade moves or renames any of them, so the next engineer knows 
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 CHECKED_RAY_VERSION = "2.60.0"
+
+log = logging.getLogger(__name__)
 
 
 def local_cpu_count() -> float:
@@ -32,3 +38,34 @@ def set_single_machine_mode(enabled: bool) -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = not enabled
+
+
+def trial_error_text(trial: Any) -> str | None:
+    """The error text Tune saved for a trial in ERROR (its traceback), or None.
+
+    Tune's callbacks get the failed ``Trial`` but not its error; ``Trial.get_error`` (a
+    developer API) reads the saved text through the storage filesystem, so it works for results
+    on a URI; ``Trial.error_file`` is the local copy, tried when that read fails.
+    """
+    text = None
+    try:
+        text = trial.get_error()
+    except Exception:  # an unreadable error file must not stop the driver's callbacks
+        log.debug("no error text from storage for %s", trial, exc_info=True)
+    path = getattr(trial, "error_file", None)
+    if not text and path and Path(path).exists():
+        text = Path(path).read_text()
+    return str(text) if text else None
+
+
+def stop_tune_copying_credentials(names: Iterable[str]) -> None:
+    """Stop Tune from copying these environment variables into its trial actors' runtime envs.
+
+    Tune copies a fixed set of variables (AWS credentials among them) from the driver's
+    environment into every trial actor's runtime environment, and Ray's runtime-env agent logs
+    every runtime environment it sets up. The set is a module global of Tune's trainable class
+    cache, with no public setting.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(set(names))

@@ -32,14 +32,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray.tune
 
-from kd_ray.config import parse_config
+from kd_ray.orchestration._ray_compat import trial_error_text
+from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY, delete_run, short_error
-from kd_ray.plan import StudentTrial, TeacherSpec, fingerprint, trial_fingerprint_content
+from kd_ray.plan import StudentTrial, TeacherSpec
 from kd_ray.results.rows import calibration_rows, epoch_rows, trial_report, trial_row
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
@@ -83,23 +83,28 @@ GRID_COLUMNS = (
 _OUTCOME_COLUMNS = ("trial_id", "status", "error", "wall_s")
 
 
-def _members(trial: Any) -> list[StudentTrial]:
-    return [StudentTrial.from_dict(d) for d in trial.config["group"]["trials"]]
-
-
 class ResultsCollector(ray.tune.Callback):
-    """Writes every student trial's epochs, final row and calibration as they arrive."""
+    """Writes every student trial's epochs, final row and calibration as they arrive.
+
+    ``runs`` says which stream group each Tune trial trains (filled as the runs start);
+    ``ray_storage`` is where the groups' Train runs keep their checkpoints, deleted once a
+    group's rows are written (None: kept).
+    """
 
     def __init__(
         self,
         sweep_uri: str,
+        runs: RunBook,
         *,
         teacher_arch: str,
         student_arch: str,
         ece_bins: int,
+        ray_storage: str | None = None,
         trackers: Trackers | None = None,
     ) -> None:
         self.sweep_uri = sweep_uri
+        self.runs = runs
+        self.ray_storage = ray_storage
         self.teacher_arch = teacher_arch
         self.student_arch = student_arch
         self.ece_bins = ece_bins
@@ -120,17 +125,15 @@ class ResultsCollector(ray.tune.Callback):
     def _states_of(self, trial: Any) -> list[_TrialState]:
         """The states of a Tune trial's students, loading rows a previous driver wrote."""
         states = []
-        group = str(trial.config["group"]["group_id"])
-        cfg = None
-        for spec in _members(trial):
+        group = self.runs.item(trial)
+        for spec in (StudentTrial.from_dict(d) for d in group["trials"]):
             state = self._states.get(spec.trial_id)
             if state is None:
-                state = _TrialState(spec, group)
-                if trial.config.get("students") and "sweep" in trial.config:
-                    # The worker's digest (kd_ray.orchestration.workers.student_fingerprints),
-                    # from the same config and trial, so the sidecar matches its .pt.
-                    cfg = cfg or parse_config(trial.config["sweep"])
-                    state.digest = fingerprint(trial_fingerprint_content(cfg, spec))
+                # The digest the driver computed as the worker does (workers.student_fingerprints),
+                # so the sidecar matches its .pt.
+                state = _TrialState(
+                    spec, str(group["group_id"]), digest=group.get("digests", {}).get(spec.trial_id)
+                )
                 previous = self.tables.read_owner("epochs", spec.trial_id)
                 for row in previous.to_dict("records"):
                     state.epochs[(int(row["epoch"]), row["split"])] = row
@@ -167,8 +170,8 @@ class ResultsCollector(ray.tune.Callback):
             self._finish(state)
         # Every student of the group has its rows: its training checkpoints are no longer needed
         # (a failed one is run again from scratch by --resume). Kept when the trial errored.
-        if trial.config.get("ray_storage"):
-            delete_run(trial.config["ray_storage"], trial.config["group"]["group_id"])
+        if self.ray_storage:
+            delete_run(self.ray_storage, self.runs.item(trial)["group_id"])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = _trial_error(trial)
@@ -250,22 +253,17 @@ def _report_from_rows(rows: dict[tuple[int, str], dict[str, Any]]) -> dict[str, 
 
 def _trial_error(trial: Any) -> str:
     """The one-line reason of a trial in ERROR, from the error text Tune saved for it."""
-    text = None
-    try:
-        text = trial.get_error()  # reads through the storage filesystem (works for URIs)
-    except Exception:  # an unreadable error file must not stop the collector
-        log.debug("no error text from storage for %s", trial, exc_info=True)
-    path = getattr(trial, "error_file", None)
-    if not text and path and Path(path).exists():
-        text = Path(path).read_text()
-    return short_error(str(text)) if text else "the trial failed without an error message"
+    text = trial_error_text(trial)
+    return short_error(text) if text else "the trial failed without an error message"
 
 
 class TeacherOutcomes(ray.tune.Callback):
     """How each teacher run of the teacher stage failed, in the worker's words (driver side);
-    each reported epoch goes to the trackers (the run ends with the teacher's row, in the sweep)."""
+    each reported epoch goes to the trackers (the run ends with the teacher's row, in the sweep).
+    ``runs`` says which teacher each Tune trial trains."""
 
-    def __init__(self, trackers: Trackers | None = None) -> None:
+    def __init__(self, runs: RunBook, trackers: Trackers | None = None) -> None:
+        self.runs = runs
         self.errors: dict[str, str] = {}
         self.trackers = trackers or Trackers([], sweep="")
 
@@ -273,12 +271,12 @@ class TeacherOutcomes(ray.tune.Callback):
         return {**self.__dict__, "errors": {}, "trackers": None}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        spec = TeacherSpec(**self.runs.item(trial))
         if "epoch" in result:
-            self.trackers.teacher_epoch(TeacherSpec(**trial.config["teacher"]), result)
+            self.trackers.teacher_epoch(spec, result)
         status = result.get(STATUS_KEY)
         if status is not None and status != "ok":
-            tid = trial.config["teacher"]["teacher_id"]
-            self.errors[tid] = result.get(ERROR_KEY) or "the teacher run returned no reason"
+            self.errors[spec.teacher_id] = result.get(ERROR_KEY) or "the teacher run returned no reason"
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.errors[trial.config["teacher"]["teacher_id"]] = _trial_error(trial)
+        self.errors[self.runs.item(trial)["teacher_id"]] = _trial_error(trial)

@@ -26,6 +26,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from kd_ray.config import SweepConfig
+from kd_ray.orchestration.runbook import RunBook
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,16 @@ class RunsThatFit:
 class CapacityGate(Searcher):
     """Hands Tune the runs of one stage in order, one more only while the cluster has room.
 
-    Tune merges each suggestion (``{stage: item}``) into the ``param_space`` it was given.
+    Tune merges each suggestion (``{stage: item}``) into the ``param_space`` it was given; the
+    gate writes down in ``runs`` (:class:`kd_ray.orchestration.runbook.RunBook`) which Tune trial
+    got which item.
     """
 
-    def __init__(self, stage: str, items: list[dict[str, Any]], capacity: RunsThatFit) -> None:
+    def __init__(
+        self, stage: str, items: list[dict[str, Any]], capacity: RunsThatFit, runs: RunBook | None = None
+    ) -> None:
         super().__init__()
+        self._runs = runs if runs is not None else RunBook(stage)
         self._stage = stage
         self._pending = list(items)
         self._live: set[str] = set()
@@ -98,7 +104,9 @@ class CapacityGate(Searcher):
         if len(self._live) >= self._room:
             return None
         self._live.add(trial_id)
-        return {self._stage: self._pending.pop(0)}
+        item = self._pending.pop(0)
+        self._runs.record(trial_id, item)  # the driver's callbacks find the trial's run there
+        return {self._stage: item}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._live.discard(trial_id)

@@ -123,9 +123,7 @@ def mean_val_acc(result: dict[str, Any]) -> float | None:
     """The mean validation accuracy in a report: a teacher's ``val/acc``, or the mean of every
     student's ``{trial_id}::val/acc`` in a stream group's report; None if it has none."""
     values = [
-        float(v)
-        for k, v in result.items()
-        if report_field(k) == "val/acc" and isinstance(v, (int, float))
+        float(v) for k, v in result.items() if report_field(k) == "val/acc" and isinstance(v, (int, float))
     ]
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else None
@@ -133,11 +131,7 @@ def mean_val_acc(result: dict[str, Any]) -> float | None:
 
 def failed_members(result: dict[str, Any]) -> int:
     """How many students (or the teacher) a run's final report says failed."""
-    return sum(
-        1
-        for k, v in result.items()
-        if report_field(k) == STATUS_KEY and v != "ok"
-    )
+    return sum(1 for k, v in result.items() if report_field(k) == STATUS_KEY and v != "ok")
 
 
 @dataclass

@@ -49,16 +49,19 @@ from kd_ray.orchestration.preflight import (
     unplaceable,
     wait_until_placeable,
 )
+from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.plan import (
     DATA_LOCATION_FIELDS,
     NUMERICS_FIELDS,
     StudentTrial,
     SweepPlan,
+    fingerprint,
     group_id,
     numerics,
     plan_sweep,
     stream_groups,
+    trial_fingerprint_content,
 )
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
@@ -223,10 +226,10 @@ def _keep_credentials_out_of_runtime_envs() -> None:
     logs. The private cluster's processes inherited this environment when it started, so its
     actors have the credentials without the copy.
     """
-    from ray.tune.execution import class_cache
+    from kd_ray.orchestration._ray_compat import stop_tune_copying_credentials
 
-    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(
-        {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+    stop_tune_copying_credentials(
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
     )
 
 
@@ -308,6 +311,7 @@ def _tune(
     base: dict,
     callbacks: list,
     verbose: int,
+    runs: RunBook,
 ) -> None:
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -330,7 +334,7 @@ def _tune(
         param_space=base,
         tune_config=tune.TuneConfig(
             # Runs start as the cluster has room (kd_ray.orchestration.placement), in plan order.
-            search_alg=CapacityGate(stage, items, RunsThatFit.of(cfg, workers, _TRIAL_FN_CPU)),
+            search_alg=CapacityGate(stage, items, RunsThatFit.of(cfg, workers, _TRIAL_FN_CPU), runs),
             num_samples=len(items),
             trial_name_creator=TrialNamer(stage, items),
             trial_dirname_creator=trial_dirname,
@@ -417,7 +421,8 @@ def _train_teachers(
         log.info(
             "training %d teacher(s); %d found already trained", len(ids), len(plan.teachers) - len(missing)
         )
-        outcomes = TeacherOutcomes(trackers)
+        runs = RunBook("teacher")
+        outcomes = TeacherOutcomes(runs, trackers)
         items = [plan.teacher(tid).__dict__ for tid in ids]
         _tune(
             cfg,
@@ -428,6 +433,7 @@ def _train_teachers(
             {**base, "ray_storage": store.storage.child("_ray").uri},
             [outcomes],
             verbose,
+            runs,
         )
         reasons.update(outcomes.errors)
 
@@ -579,9 +585,16 @@ def _clean_orphans(*storages: Storage) -> None:
 
 
 def _group_items(
-    sweep: Storage, runnable: list[StudentTrial], scratch: set[str], max_size: int | None
+    cfg: SweepConfig,
+    plan: SweepPlan,
+    sweep: Storage,
+    runnable: list[StudentTrial],
+    scratch: set[str],
+    max_size: int | None,
 ) -> list[dict[str, Any]]:
-    """The Tune items of the student stage: one per stream group.
+    """The Tune items of the student stage: one per stream group, with what its worker and the
+    collector need from the plan (its teachers' specs, each trial's fingerprint digest), so
+    neither plans the sweep again.
 
     A group that had started (its run directory holds ``kd_ray_group.json``) keeps its id and
     its unfinished members, so it continues from its checkpoint whatever ``trials_per_run`` is
@@ -612,7 +625,18 @@ def _group_items(
         items.append({"group_id": group_id(group), "trials": list(group)})
     order = {t.trial_id: i for i, t in enumerate(runnable)}
     items.sort(key=lambda item: order[item["trials"][0].trial_id])
-    return [{**item, "trials": [t.__dict__ for t in item["trials"]]} for item in items]
+    return [
+        {
+            **item,
+            "trials": [t.__dict__ for t in item["trials"]],
+            "teachers": [
+                plan.teacher(tid).__dict__
+                for tid in dict.fromkeys(i for t in item["trials"] for i in t.teacher_ids)
+            ],
+            "digests": {t.trial_id: fingerprint(trial_fingerprint_content(cfg, t)) for t in item["trials"]},
+        }
+        for item in items
+    ]
 
 
 def _record_missing_teacher(
@@ -712,8 +736,12 @@ def _run_sweep(
         from kd_ray.orchestration.collector import ResultsCollector
         from kd_ray.orchestration.trials import group_trial
 
+        runs = RunBook("group")
+        ray_storage = sweep.child("_ray").uri
         collector = ResultsCollector(
             sweep.uri,
+            runs,
+            ray_storage=ray_storage,
             teacher_arch=cfg.teacher.arch,
             student_arch=cfg.student.arch,
             ece_bins=cfg.metrics.ece_bins,
@@ -727,7 +755,7 @@ def _run_sweep(
             callbacks.append(
                 LiveReport(sweep.uri, planned_trials=len(plan.trials), every_minutes=cfg.report.every_minutes)
             )
-        items = _group_items(sweep, runnable, scratch, cfg.resources.trials_per_run)
+        items = _group_items(cfg, plan, sweep, runnable, scratch, cfg.resources.trials_per_run)
         log.info("%d student trial(s) in %d run(s) that share data streams", len(runnable), len(items))
         _tune(
             cfg,
@@ -735,9 +763,10 @@ def _run_sweep(
             "group",
             group_trial,
             items,
-            {**base, "ray_storage": sweep.child("_ray").uri, "students": sweep.child("students").uri},
+            {**base, "ray_storage": ray_storage, "students": sweep.child("students").uri},
             callbacks,
             verbose,
+            runs,
         )
 
     final = tables.read("trials")

@@ -27,7 +27,7 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from kd_ray.config import parse_config
+from kd_ray.config import SweepConfig, parse_config
 from kd_ray.orchestration.workers import student_worker, teacher_worker
 from kd_ray.results.rows import trial_keys
 from kd_ray.storage import Storage
@@ -121,8 +121,9 @@ def delete_run(ray_storage: str, name: str) -> None:
         log.warning("%s: could not delete its training checkpoints (%s)", run_dir.uri, err)
 
 
-def _fit(worker, name: str, loop_config: dict[str, Any], num_workers: int) -> dict[str, Any]:
-    cfg = parse_config(loop_config["sweep"])
+def _fit(
+    worker, name: str, cfg: SweepConfig, loop_config: dict[str, Any], num_workers: int
+) -> dict[str, Any]:
     _set_aside_bad_snapshot(Storage.open(loop_config["ray_storage"]).child(name), name)
     loop_config = {**loop_config, "run_name": name}
     res = cfg.resources
@@ -164,7 +165,7 @@ def group_trial(config: dict[str, Any]) -> None:
     if not run_dir.exists(GROUP_MANIFEST):  # the members its checkpoints hold, for --resume
         members = {"group_id": group["group_id"], "trials": [t["trial_id"] for t in group["trials"]]}
         run_dir.write_bytes(GROUP_MANIFEST, json.dumps(members).encode())
-    outcome = _fit(student_worker, group["group_id"], config, cfg.resources.num_workers)
+    outcome = _fit(student_worker, group["group_id"], cfg, config, cfg.resources.num_workers)
     status, errors = outcome.get("status", {}), outcome.get("error", {})
     final = {}
     for trial in group["trials"]:
@@ -178,7 +179,7 @@ def teacher_trial(config: dict[str, Any]) -> None:
     """Tune function that trains one teacher."""
     cfg = parse_config(config["sweep"])
     name = f"teacher-{config['teacher']['teacher_id']}"
-    outcome = _fit(teacher_worker, name, config, cfg.resources.teacher_workers)
+    outcome = _fit(teacher_worker, name, cfg, config, cfg.resources.teacher_workers)
     if outcome.get("status") == "ok":  # stored in the teacher store: its checkpoints are done
         delete_run(config["ray_storage"], name)
     ray.tune.report({STATUS_KEY: outcome.get("status", "failed"), ERROR_KEY: outcome.get("error") or ""})

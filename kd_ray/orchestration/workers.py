@@ -36,7 +36,6 @@ from kd_ray.plan import (
     StudentTrial,
     TeacherSpec,
     fingerprint,
-    plan_sweep,
     torch_threads,
     trial_fingerprint_content,
 )
@@ -232,17 +231,16 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
     runtime, rank, world_size = _setup(cfg)
     dcfg = cfg.dataset(trials[0].dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
-    plan = plan_sweep(cfg, check_names=False)
     store = TeacherStore(Storage.open(config["teacher_store"]))
     teachers = {}
-    for tid in dict.fromkeys(tid for t in trials for tid in t.teacher_ids):
+    for spec in (TeacherSpec(**d) for d in config["group"]["teachers"]):  # from the driver's plan
         model = create_model(
             cfg.teacher.arch,
             num_classes=datasets.num_classes,
             in_channels=datasets.channels,
             image_size=dcfg.image_size or datasets.native_size,
         )
-        teachers[tid] = store.load_into(model, plan.teacher(tid))
+        teachers[spec.teacher_id] = store.load_into(model, spec)
     run = DistillationRun(
         cfg,
         trials,
