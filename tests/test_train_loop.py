@@ -238,6 +238,32 @@ def test_teacher_checkpoint_refuses_another_teacher(setup) -> None:
         load_teacher_weights(other, data, teacher_id="a", arch="cnn_tiny", source="a.pt")
 
 
+def test_the_teacher_store_checks_a_file_as_loading_it_does(setup, tmp_path) -> None:
+    # One check of a teacher file (checkpoint.check_teacher): the store's check before a sweep
+    # starts and the worker's load refuse the same file with the same line.
+    from kd_ray.orchestration.teacher_store import TeacherStore
+    from kd_ray.storage import Storage
+
+    _, plan, _, teachers = setup
+    right, wrong = plan.teachers[0], plan.teachers[1]
+    store = TeacherStore(Storage.open(tmp_path))
+    store.save(teachers[right.teacher_id], right, num_classes=4, info={})
+    store.check(right)
+    (tmp_path / f"{wrong.teacher_id}.pt").write_bytes((tmp_path / f"{right.teacher_id}.pt").read_bytes())
+    fresh = create_model("cnn_tiny", num_classes=4, in_channels=3)
+    errors = []
+    for attempt in (lambda: store.check(wrong), lambda: store.load_into(fresh, wrong)):
+        with pytest.raises(CheckpointError) as err:
+            attempt()
+        errors.append(str(err.value))
+    assert errors[0] == errors[1]
+    assert f"holds teacher {right.teacher_id!r}" in errors[0] and "delete it to retrain" in errors[0]
+    (tmp_path / f"{wrong.teacher_id}.pt").unlink()
+    for attempt in (lambda: store.check(wrong), lambda: store.load_into(fresh, wrong)):
+        with pytest.raises(CheckpointError, match="teacher checkpoint not found"):
+            attempt()
+
+
 def test_checkpoints_hold_the_weights_inside_wrappers_and_only_there() -> None:
     # One unwrap (kd_ray.models.unwrap_model) for checkpoints and attention hooks: it strips
     # DDP/DataParallel/torch.compile wrappers, not a model's own child that is called "module".

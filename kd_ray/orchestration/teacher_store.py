@@ -19,7 +19,7 @@ from kd_ray.errors import CheckpointError
 from kd_ray.plan import TeacherSpec
 from kd_ray.storage import Storage
 from kd_ray.train.checkpoint import (
-    TEACHER_FORMAT,
+    check_teacher,
     from_bytes,
     load_file,
     load_teacher_weights,
@@ -52,6 +52,8 @@ class TeacherStore:
 
     def _load(self, teacher_id: str) -> dict[str, Any]:
         path = self.weights_path(teacher_id)
+        if not self.storage.exists(f"{teacher_id}.pt"):
+            raise CheckpointError(f"{path}: teacher checkpoint not found; it was not trained or was removed")
         if self.storage.is_local:  # straight from disk, not through a copy of the file in memory
             return load_file(path)
         return from_bytes(self.storage.read_bytes(f"{teacher_id}.pt"), path)
@@ -64,32 +66,21 @@ class TeacherStore:
                 holds another teacher.
         """
         path = self.weights_path(spec.teacher_id)
-        if not self.storage.exists(f"{spec.teacher_id}.pt"):
-            raise CheckpointError(f"{path}: teacher checkpoint not found; it was not trained or was removed")
         try:
             obj = self._load(spec.teacher_id)
         except CheckpointError:
             raise
         except Exception as err:  # torch's weights-only unpickler raises more than from_bytes expects
             raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
-        if obj.get("format") != TEACHER_FORMAT:
-            raise CheckpointError(f"{path}: not a kd_ray teacher checkpoint (format {obj.get('format')!r})")
-        if obj.get("teacher_id") != spec.teacher_id or obj.get("arch") != spec.arch:
-            raise CheckpointError(
-                f"{path}: holds teacher {obj.get('teacher_id')!r} ({obj.get('arch')}), "
-                f"expected {spec.teacher_id!r} ({spec.arch}); delete it to retrain that teacher"
-            )
+        check_teacher(obj, teacher_id=spec.teacher_id, arch=spec.arch, source=path)
 
     def load_into(self, model: nn.Module, spec: TeacherSpec) -> nn.Module:
         """Load the trained weights of ``spec`` into ``model`` (frozen by the caller)."""
-        path = self.weights_path(spec.teacher_id)
-        if not self.storage.exists(f"{spec.teacher_id}.pt"):
-            raise CheckpointError(f"{path}: teacher checkpoint not found; it was not trained or was removed")
         load_teacher_weights(
             model,
             self._load(spec.teacher_id),
             teacher_id=spec.teacher_id,
             arch=spec.arch,
-            source=path,
+            source=self.weights_path(spec.teacher_id),
         )
         return model

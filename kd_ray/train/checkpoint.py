@@ -230,13 +230,24 @@ def load_teacher_weights(
             not fit ``model``.
     """
     obj = data if isinstance(data, dict) else from_bytes(data, source)
+    check_teacher(obj, teacher_id=teacher_id, arch=arch, source=source)
+    load_weights(model, obj["state_dict"], arch=arch, source=source)
+
+
+def check_teacher(obj: Mapping[str, Any], *, teacher_id: str, arch: str, source: str) -> None:
+    """Refuse a loaded file that is not the teacher ``teacher_id`` of ``arch``, in one line: the
+    one check of a teacher file, before its weights are loaded and when a sweep checks its store.
+
+    Raises:
+        CheckpointError: another format, or another teacher (its id is its fingerprint).
+    """
     if obj.get("format") != TEACHER_FORMAT:
         raise CheckpointError(f"{source}: not a kd_ray teacher checkpoint (format {obj.get('format')!r})")
     if obj.get("teacher_id") != teacher_id or obj.get("arch") != arch:
         raise CheckpointError(
-            f"{source}: holds teacher {obj.get('teacher_id')!r} ({obj.get('arch')}), expected {teacher_id!r} ({arch})"
+            f"{source}: holds teacher {obj.get('teacher_id')!r} ({obj.get('arch')}), "
+            f"expected {teacher_id!r} ({arch}); delete it to retrain that teacher"
         )
-    load_weights(model, obj["state_dict"], arch=arch, source=source)
 
 
 def load_weights(model: nn.Module, state_dict: Any, *, arch: str, source: str) -> None:
