@@ -302,7 +302,7 @@ def test_the_teacher_stage_takes_teacher_leases(tmp_path, monkeypatch):
     store = root.child("_teachers")
     tuned: list[list[str]] = []
 
-    def fake_tune(cfg, sweep, stage, trainable, items, base, callbacks, verbose):
+    def fake_tune(cfg, sweep, stage, trainable, items, base, callbacks, verbose, runs):
         tuned.append([item["teacher_id"] for item in items])
         assert {f"{item['teacher_id']}.lease" for item in items} <= set(L.lease_names(store))
         for item in items:

@@ -428,3 +428,28 @@ def test_a_student_whose_loss_raises_fails_alone_like_a_divergence() -> None:
     second = run.run_epoch(2)
     assert tid not in second.reports and len(second.reports) == 3
     assert all(math.isfinite(r["train/loss"]) for r in second.reports.values())
+
+
+def test_a_sweeps_environment_is_put_back_when_it_ends(monkeypatch) -> None:
+    # A notebook or test process that runs a sweep keeps its own environment afterwards
+    # (issue 13, item 5): what the sweep sets is set during the sweep only, and a value the
+    # caller had is restored, not dropped.
+    from ray._private import ray_constants
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    before, cluster_mode = dict(os.environ), ray_constants.ENABLE_RAY_CLUSTER
+    cfg = _cfg()
+    with sweep_mod._sweep_environment(cfg):
+        assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
+        assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
+        assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == str(cfg.resources.report_interval_s)
+        assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+        assert ray_constants.ENABLE_RAY_CLUSTER is False  # Ray imported here: set in-process too
+    assert dict(os.environ) == before
+    assert cluster_mode == ray_constants.ENABLE_RAY_CLUSTER
+    with pytest.raises(KeyboardInterrupt), sweep_mod._sweep_environment(cfg):
+        raise KeyboardInterrupt  # Ctrl-C mid-sweep
+    assert dict(os.environ) == before

@@ -32,12 +32,15 @@ def local_cpu_count() -> float:
     return float(get_num_cpus())
 
 
-def set_single_machine_mode(enabled: bool) -> None:
+def set_single_machine_mode(enabled: bool) -> bool:
     """Ray's single-machine mode (every service on the loopback IP) in a process that has
-    already imported ``ray``: Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` only at import."""
+    already imported ``ray``: Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` only at import.
+    Returns whether it was on before, to put back."""
     from ray._private import ray_constants
 
+    before = not ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = not enabled
+    return before
 
 
 def trial_error_text(trial: Any) -> str | None:

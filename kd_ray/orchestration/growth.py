@@ -18,7 +18,7 @@ Why the rest is refused:
 
 Lists are compared as sets: reordering grid values changes no trial. Datasets are matched by
 their key (label, else name), so adding one or reordering them is growth too. The inputs are
-the comparable parts of two dumped configs (what :func:`kd_ray.orchestration.sweep._comparable`
+the comparable parts of two configs' ``model_dump`` (what :func:`kd_ray.orchestration.sweep._comparable`
 keeps: no resources, runtime, failure, results, trackers, report or data locations).
 """
 

@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
@@ -75,35 +76,54 @@ log = logging.getLogger(__name__)
 _RESUMABLE_CHANGES = ("resources", "runtime", "failure", "results", "trackers", "report")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepOutcome:
+    """How a sweep ended, in counts of its planned student trials and of its teachers."""
+
     sweep_uri: str
     local_dir: str | None  # the sweep directory as a local path, when it is on this machine
-    ok: int
-    failed: int
-    skipped: int
-    teachers_trained: int
-    teachers_reused: int
+    ok: int  # trials whose trials row says ok
+    failed: int  # the other planned trials (failed, or not run)
+    skipped: int  # trials already finished before this run (--resume), not run again
+    teachers_trained: int  # by this driver
+    teachers_reused: int  # found trained, or trained meanwhile by another driver
 
 
-def _comparable(cfg_yaml: str) -> dict[str, Any]:
-    """What of a dumped config must not change on --resume.
+def _comparable(cfg: SweepConfig) -> dict[str, Any]:
+    """What of a config must not change on --resume: all of it but :data:`_RESUMABLE_CHANGES`
+    and the datasets' locations (where the data lives, not what it is)."""
+    kept = cfg.model_dump(mode="json", exclude=set(_RESUMABLE_CHANGES))
+    kept["datasets"] = [
+        {k: v for k, v in d.items() if k not in DATA_LOCATION_FIELDS} for d in kept["datasets"]
+    ]
+    return kept
+
+
+def _read_saved_config(sweep: Storage) -> SweepConfig:
+    """The config a sweep saved (``config.yaml``).
 
     Raises:
-        ValueError: the text is not a sweep config (malformed YAML, not a mapping).
+        ResultsError: one line, when it is unreadable (not UTF-8, malformed YAML, or no longer a
+            valid sweep config), with what to do.
     """
     import yaml
 
+    from kd_ray.config import parse_config
+
     try:
-        data = yaml.safe_load(cfg_yaml) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"malformed YAML ({getattr(err, 'problem', None) or 'invalid'})") from None
-    datasets = data.get("datasets", []) if isinstance(data, dict) else None
-    if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
-        raise ValueError("not a sweep config")
-    kept = {k: v for k, v in data.items() if k not in _RESUMABLE_CHANGES}
-    kept["datasets"] = [{k: v for k, v in d.items() if k not in DATA_LOCATION_FIELDS} for d in datasets]
-    return kept
+        text = sweep.read_bytes("config.yaml").decode("utf-8")
+        return parse_config(yaml.safe_load(text), source="config.yaml")
+    except (ValueError, yaml.YAMLError, KdRayError) as err:  # UnicodeDecodeError is a ValueError
+        if isinstance(err, UnicodeDecodeError):
+            reason = "not UTF-8 text"
+        elif isinstance(err, yaml.YAMLError):
+            reason = f"malformed YAML ({getattr(err, 'problem', None) or 'invalid'})"
+        else:
+            reason = str(err).removeprefix("config.yaml: ")
+        raise ResultsError(
+            f"{sweep.uri}/config.yaml: the saved config of this sweep is unreadable ({reason}); "
+            "restore it, or start the sweep afresh under another name or --results directory"
+        ) from None
 
 
 def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[Storage, Storage]:
@@ -122,23 +142,15 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
     root.makedirs()
     root.check_writable()
     sweep = root.child(cfg.name)
-    config_yaml = dump_config(cfg)
     if sweep.exists("config.yaml"):
         if not resume:
             raise ResultsError(
                 f"{sweep.uri}: sweep {cfg.name!r} already has results; pass --resume to continue it, "
                 "or use another --results directory or name"
             )
+        saved = _comparable(_read_saved_config(sweep))
         try:
-            saved = _comparable(sweep.read_bytes("config.yaml").decode("utf-8"))
-        except (ValueError, KdRayError) as err:  # UnicodeDecodeError is a ValueError
-            reason = str(err) if not isinstance(err, UnicodeDecodeError) else "not UTF-8 text"
-            raise ResultsError(
-                f"{sweep.uri}/config.yaml: the saved config of this sweep is unreadable ({reason}); "
-                "restore it, or start the sweep afresh under another name or --results directory"
-            ) from None
-        try:
-            grown = growth(saved, _comparable(config_yaml))
+            grown = growth(saved, _comparable(cfg))
         except NotAGrowth as err:
             raise ResultsError(
                 f"{sweep.uri}/config.yaml: the config changed since this sweep started: {err}. "
@@ -146,24 +158,74 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
                 "and grid values may be added; start a new sweep (another name or --results) for "
                 "anything else"
             ) from None
-        except (TypeError, AttributeError):  # a hand-edited grid that is no list of values
-            raise ResultsError(
-                f"{sweep.uri}/config.yaml: the saved config of this sweep is unreadable (its grid "
-                "is not lists of values); restore it, or start the sweep afresh under another "
-                "name or --results directory"
-            ) from None
         if grown:
             log.info("--resume grows the sweep: %s", grown.describe())
     return root, sweep
 
 
-def _loopback_only() -> None:
-    """Make a local cluster listen on 127.0.0.1 only.
+def _ray_env(cfg: SweepConfig) -> dict[str, str]:
+    """What the sweep's Ray processes (driver, Tune functions, Train controllers and workers)
+    read from their environment."""
+    return {
+        # Train's controller polls workers at this interval; its 2 s default throttles small runs.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.resources.report_interval_s),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # The collector writes the results; Tune's CSV and TensorBoard copies of every report
+        # (hundreds of keys per stream group) would only cost driver time and disk. The JSON
+        # log stays (see _tune): Tune's result grid reads it when the run ends.
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    }
+
+
+@contextlib.contextmanager
+def _sweep_environment(cfg: SweepConfig) -> Iterator[None]:
+    """Set the environment a sweep's driver needs for the sweep only, then put back what was
+    there: a notebook or test process that runs a sweep keeps its own environment afterwards.
+
+    Besides :func:`_ray_env`: Tune's SIGINT handler off and its legacy output engine (see
+    :func:`_tune`), and on a private cluster loopback-only services (see :func:`_loopback_env`).
+    """
+    updates = {
+        **_ray_env(cfg),
+        # Ctrl-C must stop the sweep. Tune's own SIGINT handler only ends this stage's loop
+        # (fit() returns, the next stage starts) and points at Tuner.restore, which is not how a
+        # kd_ray sweep resumes; without it, KeyboardInterrupt reaches the CLI (exit 130).
+        "TUNE_DISABLE_SIGINT_HANDLER": "1",
+        # Progress is kd_ray's (kd_ray.orchestration.progress): Tune runs silent, on its legacy
+        # output engine, since the new one prints its experiment box even at verbose=0.
+        "RAY_AIR_NEW_OUTPUT": "0",
+    }
+    private = not os.environ.get("RAY_ADDRESS")
+    if private:
+        updates.update(_loopback_env())
+    saved = {key: os.environ.get(key) for key in updates}
+    os.environ.update(updates)
+    was_single_machine = None
+    if private and "ray" in sys.modules:  # imported earlier (tests, notebooks)
+        from kd_ray.orchestration._ray_compat import set_single_machine_mode
+
+        was_single_machine = set_single_machine_mode(updates["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if was_single_machine is not None:
+            set_single_machine_mode(was_single_machine)
+
+
+def _loopback_env() -> dict[str, str]:
+    """The environment that makes a private local cluster listen on 127.0.0.1 only.
 
     ``ray.init(_node_ip_address="127.0.0.1")`` is not enough: Ray resolves a loopback address
     to the machine's routable IP, and GCS and raylet then listen on all interfaces. Ray's
     single-machine mode (meant for Windows/macOS) uses the loopback IP for every service; it is
-    read from the environment at ``import ray``, and child processes inherit it.
+    read from the environment at ``import ray`` (so :func:`_sweep_environment` also sets it in a
+    process that imported Ray before), and the cluster's processes inherit it. A user's own
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is kept.
 
     torch.distributed's own listeners (rank 0's TCPStore, gloo) are kept on loopback by
     :mod:`kd_ray.orchestration.loopback`: gloo through the environment set here, the store
@@ -171,12 +233,10 @@ def _loopback_only() -> None:
     """
     from kd_ray.orchestration.loopback import loopback_env
 
-    os.environ.update(loopback_env())
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if "ray" in sys.modules:  # imported earlier in this process (tests, notebooks)
-        from kd_ray.orchestration._ray_compat import set_single_machine_mode
-
-        set_single_machine_mode(os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0")
+    return {
+        **loopback_env(),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
+    }
 
 
 def _node_resources() -> list[dict[str, float]]:
@@ -242,19 +302,8 @@ def _init_ray(cfg: SweepConfig) -> None:
     Raises:
         ClusterError: no cluster at ``RAY_ADDRESS``, or it can never hold a run.
     """
-    env = {
-        # Train's controller polls workers at this interval; its 2 s default throttles small runs.
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.resources.report_interval_s),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # The collector writes the results; Tune's CSV and TensorBoard copies of every report
-        # (hundreds of keys per stream group) would only cost driver time and disk. The JSON
-        # log stays (see _tune): Tune's result grid reads it when the run ends.
-        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-    }
-    os.environ.update(env)
+    env = _ray_env(cfg)  # also in this process's environment, for the sweep (_sweep_environment)
     address = os.environ.get("RAY_ADDRESS")
-    if not address:
-        _loopback_only()
     import ray
 
     if not ray.is_initialized():
@@ -321,13 +370,7 @@ def _tune(
 
     workers = cfg.resources.teacher_workers if stage == "teacher" else cfg.resources.num_workers
     epochs = (cfg.teacher if stage == "teacher" else cfg.student).train.epochs
-    # Ctrl-C must stop the sweep. Tune's own SIGINT handler only ends this stage's loop (fit()
-    # returns, the next stage starts) and points at Tuner.restore, which is not how a kd_ray
-    # sweep resumes; without it, KeyboardInterrupt reaches the CLI (exit 130, --resume hint).
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    # Progress is kd_ray's (kd_ray.orchestration.progress): Tune runs silent, on its legacy output
-    # engine, since the new one prints its experiment box even at verbose=0.
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # Tune's SIGINT handler and output engine are set for the sweep by _sweep_environment.
     fn = tune.with_resources(trainable, {"cpu": _TRIAL_FN_CPU})
     tuner = tune.Tuner(
         fn,
@@ -525,13 +568,10 @@ def _finished_trials(tables: ResultTables, cfg: SweepConfig | None = None) -> tu
 
 
 def _saved_config(sweep: Storage) -> SweepConfig | None:
-    import yaml
-
-    from kd_ray.config import parse_config
-
+    """The sweep's saved config, None if it has none or it is unreadable (nothing to compare)."""
     try:
-        return parse_config(yaml.safe_load(sweep.read_bytes("config.yaml")), source="config.yaml")
-    except (KdRayError, OSError, ValueError, yaml.YAMLError):  # absent or unreadable: nothing to compare
+        return _read_saved_config(sweep)
+    except (ResultsError, OSError):
         return None
 
 
@@ -684,16 +724,17 @@ def run_sweep(
     lease = sweep_lease(root, cfg.name)  # a second driver of this sweep refuses here, before Ray
     trackers = Trackers.from_config(cfg, sweep)  # contacts nothing until its first run
     try:
-        return _run_sweep(
-            cfg,
-            plan,
-            root,
-            sweep,
-            resume=resume,
-            verbose=verbose,
-            trackers=trackers,
-            partial_reports=partial_reports,
-        )
+        with _sweep_environment(cfg):
+            return _run_sweep(
+                cfg,
+                plan,
+                root,
+                sweep,
+                resume=resume,
+                verbose=verbose,
+                trackers=trackers,
+                partial_reports=partial_reports,
+            )
     finally:
         trackers.close()
         lease.release()
@@ -773,11 +814,11 @@ def _run_sweep(
     final = final[final["trial_id"].isin([t.trial_id for t in plan.trials])]
     ok = int((final["status"] == "ok").sum())
     return SweepOutcome(
-        sweep.uri,
-        sweep.root if sweep.is_local else None,
-        ok,
-        len(plan.trials) - ok,
-        len(finished),
-        trained,
-        reused,
+        sweep_uri=sweep.uri,
+        local_dir=sweep.root if sweep.is_local else None,
+        ok=ok,
+        failed=len(plan.trials) - ok,
+        skipped=len(finished),
+        teachers_trained=trained,
+        teachers_reused=reused,
     )
