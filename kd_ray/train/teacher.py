@@ -14,13 +14,37 @@ from kd_ray.config import SweepConfig
 from kd_ray.data import ImageDatasets
 from kd_ray.data.device_resize import resize_batch
 from kd_ray.data.streams import teacher_loaders
-from kd_ray.metrics.functional import top_k_correct
+from kd_ray.metrics.functional import NAN, top_k_correct
 from kd_ray.metrics.names import computes_top5
 from kd_ray.models import create_model, unwrap_model
 from kd_ray.plan import TeacherSpec
 from kd_ray.seeding import stable_seed
 from kd_ray.train.optim import build_optimizer, build_scheduler
 from kd_ray.train.runtime import Runtime, sum_across_workers
+
+
+class _Sums:
+    """Named float64 sums of one pass (a loss sum, correct predictions, samples), summed across
+    DDP workers as one tensor in one collective, so a 2-worker epoch reports what one worker
+    over the same samples does; means are taken only after the sum."""
+
+    def __init__(self, *names: str) -> None:
+        self._names = names
+        self._values = torch.zeros(len(names), dtype=torch.float64)
+
+    def add(self, **amounts: float) -> None:
+        """Add one batch's amounts; a name not given adds 0."""
+        if unknown := set(amounts) - set(self._names):
+            raise KeyError(f"no sums named {sorted(unknown)}; this pass keeps {list(self._names)}")
+        self._values += torch.tensor([amounts.get(n, 0.0) for n in self._names], dtype=torch.float64)
+
+    def across_workers(self) -> dict[str, float]:
+        """The sums over every worker (every rank must call it, at the same point)."""
+        return dict(zip(self._names, sum_across_workers(self._values).tolist(), strict=True))
+
+
+def _mean(total: float, count: float) -> float:
+    return total / count if count else NAN
 
 
 class TeacherRun:
@@ -82,7 +106,7 @@ class TeacherRun:
         self.loaders.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
-        train = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        train = _Sums("loss", "correct", "count")
         for x, y in self.loaders.train:
             x, y = self._inputs(x, y)
             with self.runtime.autocast():
@@ -91,29 +115,27 @@ class TeacherRun:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            train += torch.tensor(
-                [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
-            )
+            train.add(loss=loss.item() * len(y), correct=(logits.argmax(1) == y).sum().item(), count=len(y))
         self.scheduler.step()
         self.model.eval()
-        val = torch.zeros(3, dtype=torch.float64)  # correct, count, top-5 correct
+        val = _Sums("correct", "count", "correct_top5")
         with torch.no_grad():
             for x, y in self.loaders.val:
                 x, y = self._inputs(x, y)
                 with self.runtime.autocast():
                     logits = self.model(x)
                 top5 = top_k_correct(logits, y, 5).sum().item() if self.top5 else 0
-                val += torch.tensor([(logits.argmax(1) == y).sum().item(), len(y), top5], dtype=torch.float64)
-        train, val = sum_across_workers(train), sum_across_workers(val)
+                val.add(correct=(logits.argmax(1) == y).sum().item(), count=len(y), correct_top5=top5)
+        train, val = train.across_workers(), val.across_workers()
         report = {
-            "train/loss": (train[0] / train[2]).item(),
-            "train/acc": (train[1] / train[2]).item(),
-            "val/acc": (val[0] / val[1]).item(),
+            "train/loss": _mean(train["loss"], train["count"]),
+            "train/acc": _mean(train["correct"], train["count"]),
+            "val/acc": _mean(val["correct"], val["count"]),
             "lr": lr,
             "seconds": time.perf_counter() - start,
         }
         if self.top5:
-            report["val/acc_top5"] = (val[2] / val[1]).item()
+            report["val/acc_top5"] = _mean(val["correct_top5"], val["count"])
         if not math.isfinite(report["train/loss"]):
             self.failure = f"teacher diverged at epoch {epoch}: loss {report['train/loss']}"
         return report
