@@ -34,9 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray.tune
-
 from kd_ray.orchestration._ray_compat import trial_error_text
+from kd_ray.orchestration.driver_callback import DriverCallback
 from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.trials import ERROR_KEY, STATUS_KEY, delete_run, short_error
 from kd_ray.plan import StudentTrial, TeacherSpec
@@ -83,13 +82,15 @@ GRID_COLUMNS = (
 _OUTCOME_COLUMNS = ("trial_id", "status", "error", "wall_s")
 
 
-class ResultsCollector(ray.tune.Callback):
+class ResultsCollector(DriverCallback):
     """Writes every student trial's epochs, final row and calibration as they arrive.
 
     ``runs`` says which stream group each Tune trial trains (filled as the runs start);
     ``ray_storage`` is where the groups' Train runs keep their checkpoints, deleted once a
     group's rows are written (None: kept).
     """
+
+    DRIVER_ONLY = {"_states": {}, "_tables": None, "trackers": None}
 
     def __init__(
         self,
@@ -117,10 +118,6 @@ class ResultsCollector(ray.tune.Callback):
         if self._tables is None:
             self._tables = ResultTables(Storage.open(self.sweep_uri))
         return self._tables
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles callbacks into its experiment state; the live state stays behind.
-        return {**self.__dict__, "_states": {}, "_tables": None, "trackers": None}
 
     def _states_of(self, trial: Any) -> list[_TrialState]:
         """The states of a Tune trial's students, loading rows a previous driver wrote."""
@@ -257,18 +254,17 @@ def _trial_error(trial: Any) -> str:
     return short_error(text) if text else "the trial failed without an error message"
 
 
-class TeacherOutcomes(ray.tune.Callback):
+class TeacherOutcomes(DriverCallback):
     """How each teacher run of the teacher stage failed, in the worker's words (driver side);
     each reported epoch goes to the trackers (the run ends with the teacher's row, in the sweep).
     ``runs`` says which teacher each Tune trial trains."""
+
+    DRIVER_ONLY = {"errors": {}, "trackers": None}
 
     def __init__(self, runs: RunBook, trackers: Trackers | None = None) -> None:
         self.runs = runs
         self.errors: dict[str, str] = {}
         self.trackers = trackers or Trackers([], sweep="")
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "errors": {}, "trackers": None}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         spec = TeacherSpec(**self.runs.item(trial))

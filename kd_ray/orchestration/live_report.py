@@ -40,8 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import ray.tune
-
+from kd_ray.orchestration.driver_callback import DriverCallback
 from kd_ray.report import write_report
 from kd_ray.storage import Storage
 
@@ -50,7 +49,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-class LiveReport(ray.tune.Callback):
+class LiveReport(DriverCallback):
     """Rewrites the sweep's ``report.html`` every ``every_minutes`` while the student stage runs.
 
     Args:
@@ -63,6 +62,9 @@ class LiveReport(ray.tune.Callback):
         in_background: build the report in a thread (see the module docstring); tests of the
             timing pass ``False`` to see the write at once.
     """
+
+    # The clock (a test's may not pickle), the writer thread and the live counters.
+    DRIVER_ONLY = {"_clock": None, "_runs_ended": 0, "_stage_over": False, "_writer": None}
 
     def __init__(
         self,
@@ -90,11 +92,6 @@ class LiveReport(ray.tune.Callback):
     def active(self) -> bool:
         """Whether it may still write: on, local results, and the stage not over."""
         return self.sweep_dir is not None and self.every_s is not None and not self._stage_over
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles callbacks into its experiment state: the clock (a test's may not pickle)
-        # and the live counters stay behind.
-        return {**self.__dict__, "_clock": None, "_runs_ended": 0, "_stage_over": False, "_writer": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -29,8 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import ray.tune
-
+from kd_ray.orchestration.driver_callback import DriverCallback
 from kd_ray.orchestration.trials import STATUS_KEY
 from kd_ray.results.rows import report_field
 from kd_ray.status import format_duration
@@ -146,8 +145,10 @@ class _Run:
     failed: int = 0  # students (or the teacher) that its final report says failed
 
 
-class _Progress(ray.tune.Callback):
+class _Progress(DriverCallback):
     """Keeps each run's epoch, accuracy and status from Tune's callbacks (driver side)."""
+
+    DRIVER_ONLY = {"stream": None}  # an open stream does not pickle
 
     def __init__(
         self,
@@ -169,10 +170,6 @@ class _Progress(ray.tune.Callback):
         }
         self.started: float | None = None
         self.changes = 0  # bumped by every update of a run, so a display knows what is new
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles callbacks into its experiment state; a stream cannot be pickled.
-        return {**self.__dict__, "stream": None}
 
     @property
     def out(self) -> TextIO:
