@@ -13,6 +13,18 @@ from kd_ray import data
 from kd_ray.config import DatasetConfig
 from kd_ray.data.augment import AUGMENTATIONS, POLICIES, build_transform
 from kd_ray.data.base import ImageDatasets, TensorImageSource
+from kd_ray.data.batch_autoaugment import AutoAugment, RandAugment
+from kd_ray.data.batch_stages import (
+    AsIs,
+    ColourJitter,
+    Cutout,
+    HorizontalFlip,
+    Normalise,
+    RandomResizedCrop,
+    ResizeCentreCrop,
+    Rotation,
+)
+from kd_ray.data.draws import sample_seeds
 from kd_ray.data.views import VIEWS, strip_bounds
 from kd_ray.errors import ConfigError
 
@@ -27,73 +39,101 @@ def _fake(family: str) -> ImageDatasets:
     if family == "synthetic":
         return data.DATASETS.get("synthetic")(DatasetConfig(name="synthetic"))
     h, w = (NATIVE, NATIVE) if family == "cifar" else (30, 41)
-    images = torch.randint(0, 256, (4, 3, h, w), dtype=torch.uint8, generator=gen)
-    source = TensorImageSource(images, np.arange(4) % 2)
+    images = torch.randint(0, 256, (6, 3, h, w), dtype=torch.uint8, generator=gen)
+    source = TensorImageSource(images, np.arange(6) % 2)
     return ImageDatasets(source, source, 2, 3, NATIVE, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), family)
 
 
 FAKES = {family: _fake(family) for family in POLICIES}
 
 
+def _batch(ds: ImageDatasets, n: int = 6) -> torch.Tensor:
+    return torch.stack([ds.train[i][0] for i in range(n)])
+
+
+def _kinds(aug: str, family: str) -> list[type]:
+    return [type(stage) for stage in build_transform(aug, FAKES[family]).stages]
+
+
 @pytest.mark.parametrize("aug", AUGMENTATIONS.names())
 @pytest.mark.parametrize("family", sorted(POLICIES))
-def test_shape_dtype_and_determinism(family: str, aug: str) -> None:
+def test_shape_dtype_determinism_and_batch_independence(family: str, aug: str) -> None:
     ds = FAKES[family]
     transform = build_transform(aug, ds)
-    image = ds.train[1][0]
-    torch.manual_seed(5)
-    first = transform(image)
-    torch.manual_seed(5)
-    again = transform(image)
+    images = _batch(ds)
+    seeds = None if aug == "none" else sample_seeds(5, 0, range(6))
+    first = transform(images, seeds)
     size = ds.native_size
-    assert first.dtype == torch.float32 and tuple(first.shape) == (ds.channels, size, size)
+    assert first.dtype == torch.float32 and tuple(first.shape) == (6, ds.channels, size, size)
     assert torch.isfinite(first).all()
-    assert torch.equal(first, again)
+    assert torch.equal(first, transform(images, seeds))
+    # A sample's pixels depend on its image and seed only, not on the rest of its batch.
+    assert torch.equal(transform(images[2:3], None if seeds is None else seeds[2:3])[0], first[2])
+    assert torch.equal(transform(list(images), seeds), first)
     if aug != "none":
-        draws = {transform(image).numpy().tobytes() for _ in range(8)}
+        draws = {transform(images[:1], sample_seeds(5, epoch, [0])).numpy().tobytes() for epoch in range(8)}
         assert len(draws) > 1
 
 
 @pytest.mark.parametrize("family", ["cifar", "digits", "synthetic"])
 def test_none_only_normalises_small_images(family: str) -> None:
     ds = FAKES[family]
-    image = ds.val[0][0]
+    images = _batch(ds)
     mean = torch.tensor(ds.mean).view(-1, 1, 1)
     std = torch.tensor(ds.std).view(-1, 1, 1)
-    expected = (image.float() / 255 - mean) / std
-    assert torch.allclose(build_transform("none", ds)(image), expected, atol=1e-5)
+    expected = (images.float() / 255 - mean) / std
+    assert _kinds("none", family) == [AsIs, Normalise]
+    assert torch.allclose(build_transform("none", ds)(images, None), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["imagenet", "imagenet_lt"])
 def test_none_is_resize_then_center_crop(family: str) -> None:
     ds = FAKES[family]
     pipeline = build_transform("none", ds)
-    kinds = [type(t) for t in pipeline.transforms]
-    assert kinds[:2] == [v2.Resize, v2.CenterCrop]
-    assert pipeline.transforms[0].size == [round(NATIVE / 0.875)]
+    assert pipeline.stages[0] == ResizeCentreCrop(round(NATIVE / 0.875), NATIVE)
+    reference = v2.Compose(
+        [v2.Resize(round(NATIVE / 0.875)), v2.CenterCrop(NATIVE), v2.ToDtype(torch.float32, scale=True),
+         v2.Normalize(list(ds.mean), list(ds.std))]
+    )  # fmt: skip
+    # Images of different sizes, as decoded ImageNet files are.
+    images = [ds.train[0][0], ds.train[1][0][:, :28, :], ds.train[2][0][:, :, 5:]]
+    out = pipeline(images, None)
+    assert torch.equal(out, torch.stack([reference(image) for image in images]))
 
 
 def test_digits_never_flip_and_strong_policies_per_family() -> None:
-    def kinds(aug: str, family: str) -> list[type]:
-        return [type(t) for t in build_transform(aug, FAKES[family]).transforms]
-
     for aug in ("w", "s"):
-        assert v2.RandomHorizontalFlip not in kinds(aug, "digits")
-        assert v2.RandomHorizontalFlip in kinds(aug, "cifar")
-    assert build_transform("s", FAKES["cifar"]).transforms[2].policy == v2.AutoAugmentPolicy.CIFAR10
-    assert build_transform("s", FAKES["imagenet"]).transforms[2].policy == v2.AutoAugmentPolicy.IMAGENET
-    assert v2.RandAugment in kinds("s", "imagenet_lt")
+        assert HorizontalFlip not in _kinds(aug, "digits")
+        for family in ("cifar", "synthetic", "imagenet", "imagenet_lt"):
+            assert _kinds(aug, family)[:2] == [RandomResizedCrop, HorizontalFlip]
+    assert _kinds("w", "cifar")[2] is ColourJitter and _kinds("w", "imagenet")[2] is ColourJitter
+    assert build_transform("w", FAKES["cifar"]).stages[2].strength == 0.2
+    assert build_transform("w", FAKES["imagenet"]).stages[2].strength == 0.4
+    assert build_transform("w", FAKES["digits"]).stages[1] == Rotation(10.0)
+    assert _kinds("w", "synthetic")[2] is Rotation
+    assert build_transform("s", FAKES["cifar"]).stages[2] == AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    assert build_transform("s", FAKES["digits"]).stages[1] == AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    assert build_transform("s", FAKES["imagenet"]).stages[2] == AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+    assert build_transform("s", FAKES["imagenet_lt"]).stages[2] == RandAugment(num_ops=2, magnitude=9)
     for family in ("cifar", "digits", "synthetic"):
-        assert kinds("s", family)[-1] is v2.RandomErasing
-    assert v2.RandomErasing not in kinds("s", "imagenet")
+        assert _kinds("s", family)[-2:] == [Normalise, Cutout]  # Cutout after normalising
+    for family in ("imagenet", "imagenet_lt"):
+        assert Cutout not in _kinds("s", family)
+    crops = {f: build_transform("w", FAKES[f]).stages[0] for f in POLICIES}
+    assert (crops["cifar"].scale, crops["digits"].scale, crops["imagenet"].scale) == (
+        (0.5, 1),
+        (0.7, 1),
+        (0.08, 1),
+    )
+    assert crops["digits"].ratio == (0.9, 1.1) and crops["cifar"].ratio == (3 / 4, 4 / 3)
+    assert all(crop.size == FAKES[f].native_size for f, crop in crops.items())
 
 
 def test_cutout_blanks_a_quarter_to_the_mean() -> None:
     ds = FAKES["cifar"]
-    torch.manual_seed(0)
-    out = build_transform("s", ds)(ds.train[0][0])
-    blank = (out == 0).all(dim=0)
-    assert int(blank.sum()) >= (NATIVE // 2) ** 2
+    out = build_transform("s", ds)(_batch(ds), sample_seeds(0, 0, range(6)))
+    blank = (out == 0).all(dim=1)
+    assert (blank.flatten(1).sum(1) >= (NATIVE // 2) ** 2).all()
 
 
 def test_unknown_names_list_the_known_ones() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -69,21 +71,52 @@ def test_epochs_and_seeds_differ_but_val_aug_is_fixed(synthetic: data.ImageDatas
     assert not torch.equal(e0["val"][0][0], e0["val_aug"][0][0])
 
 
-def test_same_sample_same_pixels_across_positions(synthetic: data.ImageDatasets) -> None:
+@pytest.mark.parametrize("aug", ["w", "s"])
+def test_same_sample_same_pixels_across_positions(synthetic: data.ImageDatasets, aug: str) -> None:
     """A sample's augmentation depends on (seed, epoch, index), not on its batch or rank."""
-    loaders = build_loaders(synthetic, student_aug="w", global_batch_size=8, stream_seed=SEED)
+    loaders = build_loaders(synthetic, student_aug=aug, global_batch_size=8, stream_seed=SEED)
     loaders.set_epoch(2)
-    index = loaders.train.batch_sampler.global_batches()[0][3].item()
+    batches = loaders.train.batch_sampler.global_batches()
     x, _ = next(iter(loaders.train))
-    alone, _ = loaders.train.dataset[index]
-    assert torch.equal(x[3], alone)
+    for position in (0, 3, 7):
+        alone, _ = loaders.train.dataset[batches[0][position].item()]
+        assert torch.equal(x[position], alone)
+    # The same samples drawn in another grouping (a batch of their own, reversed).
+    shuffled = loaders.train.dataset.__getitems__(batches[0].flip(0).tolist())[0]
+    assert torch.equal(shuffled.flip(0), x)
 
 
-def test_loader_workers_do_not_change_batches(synthetic: data.ImageDatasets) -> None:
-    plain = _epoch(synthetic, 1, aug="w")
-    workers = _epoch(synthetic, 1, aug="w", loader_workers=1)
+@pytest.mark.parametrize("aug", ["w", "s"])
+def test_loader_workers_do_not_change_batches(synthetic: data.ImageDatasets, aug: str) -> None:
+    plain = _epoch(synthetic, 1, aug=aug)
+    workers = _epoch(synthetic, 1, aug=aug, loader_workers=2)
     for split in plain:
         for (x, y), (x2, y2) in zip(plain[split], workers[split], strict=True):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+class _PerSampleSource:
+    """A split read image by image (as decoded files are), holding the same images as ``source``."""
+
+    def __init__(self, source: data.TensorImageSource) -> None:
+        self.source = source
+        self.labels = source.labels
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.source[index]
+
+
+@pytest.mark.parametrize("aug", ["w", "s"])
+def test_a_per_sample_source_gives_the_in_memory_batches(synthetic: data.ImageDatasets, aug: str) -> None:
+    files = dataclasses.replace(
+        synthetic, train=_PerSampleSource(synthetic.train), val=_PerSampleSource(synthetic.val)
+    )
+    in_memory, per_sample = _epoch(synthetic, 1, aug=aug), _epoch(files, 1, aug=aug)
+    for split in in_memory:
+        for (x, y), (x2, y2) in zip(in_memory[split], per_sample[split], strict=True):
             assert torch.equal(x, x2) and torch.equal(y, y2)
 
 

@@ -1,9 +1,13 @@
 """Weak, strong and clean image pipelines per dataset family (docs/experiments.md#augmentations).
 
-Every pipeline maps one uint8 ``C×H×W`` image to a float32 ``C×S×S`` image normalised with the
-dataset's mean/std, ``S`` being ``datasets.native_size``; the train loop resizes whole batches
-to the config's ``image_size`` on the device. All randomness comes from torch's global RNG (as in
-torchvision), which :mod:`kd_ray.data.streams` seeds per sample for paired randomness.
+Every pipeline is a :class:`~kd_ray.data.batch_pipeline.BatchPipeline`: it maps the raw uint8
+images of a batch to float32 ``(B, C, S, S)`` images normalised with the dataset's mean/std, ``S``
+being ``datasets.native_size``; the train loop resizes whole batches to the config's
+``image_size`` on the device. Each stage is a torchvision transform made batch-wide
+(:mod:`kd_ray.data.batch_stages`): the same distributions of parameters, and with given
+parameters the same bytes as torchvision's per-image operation. Every sample's parameters come
+from its own seeded draws, which :mod:`kd_ray.data.streams` seeds per sample for paired
+randomness.
 
 Policies per family, and why:
 
@@ -34,14 +38,25 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import AutoAugmentPolicy
 
 from kd_ray.data.base import ImageDatasets
+from kd_ray.data.batch_autoaugment import AutoAugment, RandAugment
+from kd_ray.data.batch_pipeline import BatchPipeline, BatchTransform, Stage, Transform, as_batch_transform
+from kd_ray.data.batch_stages import (
+    AsIs,
+    ColourJitter,
+    Cutout,
+    HorizontalFlip,
+    Normalise,
+    RandomResizedCrop,
+    ResizeCentreCrop,
+    Rotation,
+)
 from kd_ray.registry import Registry
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
-TransformFactory = Callable[[ImageDatasets], Transform]
+TransformFactory = Callable[[ImageDatasets], "BatchTransform | Transform"]
+"""Builds an augmentation for a dataset: a batch transform, or a per-image transform (slow path)."""
 
 AUGMENTATIONS: Registry[TransformFactory] = Registry("augmentation")
 
@@ -56,22 +71,10 @@ class _Policy:
     crop_scale: tuple[float, float]
     crop_ratio: tuple[float, float]
     flip: bool
-    weak_extra: Callable[[], list[v2.Transform]]
-    strong_op: Callable[[], v2.Transform]
+    weak_extra: Stage
+    strong_op: Stage
     cutout: bool
     eval_resize: bool
-
-
-def _colour_jitter(strength: float) -> Callable[[], list[v2.Transform]]:
-    return lambda: [v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength)]
-
-
-def _rotation(degrees: float) -> Callable[[], list[v2.Transform]]:
-    return lambda: [v2.RandomRotation(degrees)]
-
-
-def _autoaugment(policy: v2.AutoAugmentPolicy) -> Callable[[], v2.Transform]:
-    return lambda: v2.AutoAugment(policy)
 
 
 _SQUAREISH = (3.0 / 4.0, 4.0 / 3.0)
@@ -81,7 +84,7 @@ def _small_image_policy(
     crop_scale: tuple[float, float],
     crop_ratio: tuple[float, float],
     flip: bool,
-    weak_extra: Callable[[], list[v2.Transform]],
+    weak_extra: Stage,
 ) -> _Policy:
     """A policy for small images (CIFAR, digits, synthetic), which share their strong recipe:
     AutoAugment's CIFAR-10 policy then Cutout; they are evaluated as they are (no resize)."""
@@ -90,7 +93,7 @@ def _small_image_policy(
         crop_ratio=crop_ratio,
         flip=flip,
         weak_extra=weak_extra,
-        strong_op=_autoaugment(v2.AutoAugmentPolicy.CIFAR10),
+        strong_op=AutoAugment(AutoAugmentPolicy.CIFAR10),
         cutout=True,
         eval_resize=False,
     )
@@ -100,19 +103,19 @@ _IMAGENET = _Policy(
     crop_scale=(0.08, 1.0),
     crop_ratio=_SQUAREISH,
     flip=True,
-    weak_extra=_colour_jitter(0.4),
-    strong_op=_autoaugment(v2.AutoAugmentPolicy.IMAGENET),
+    weak_extra=ColourJitter(0.4),
+    strong_op=AutoAugment(AutoAugmentPolicy.IMAGENET),
     cutout=False,
     eval_resize=True,
 )
 
 POLICIES: dict[str, _Policy] = {
-    "cifar": _small_image_policy((0.5, 1.0), _SQUAREISH, flip=True, weak_extra=_colour_jitter(0.2)),
-    "digits": _small_image_policy((0.7, 1.0), (0.9, 1.1), flip=False, weak_extra=_rotation(10.0)),
-    "synthetic": _small_image_policy((0.5, 1.0), _SQUAREISH, flip=True, weak_extra=_rotation(10.0)),
+    "cifar": _small_image_policy((0.5, 1.0), _SQUAREISH, flip=True, weak_extra=ColourJitter(0.2)),
+    "digits": _small_image_policy((0.7, 1.0), (0.9, 1.1), flip=False, weak_extra=Rotation(10.0)),
+    "synthetic": _small_image_policy((0.5, 1.0), _SQUAREISH, flip=True, weak_extra=Rotation(10.0)),
     "imagenet": _IMAGENET,
     # ImageNet-LT differs from ImageNet only in its strong augmentation.
-    "imagenet_lt": dataclasses.replace(_IMAGENET, strong_op=lambda: v2.RandAugment(num_ops=2, magnitude=9)),
+    "imagenet_lt": dataclasses.replace(_IMAGENET, strong_op=RandAugment(num_ops=2, magnitude=9)),
 }
 """Augmentation policy of each dataset family (``ImageDatasets.family``)."""
 
@@ -127,53 +130,54 @@ def _policy(datasets: ImageDatasets) -> _Policy:
         ) from None
 
 
-def _geometry(policy: _Policy, size: int) -> list[v2.Transform]:
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=policy.crop_scale, ratio=policy.crop_ratio)]
+def _geometry(policy: _Policy, size: int) -> list[Stage]:
+    steps: list[Stage] = [RandomResizedCrop(size, scale=policy.crop_scale, ratio=policy.crop_ratio)]
     if policy.flip:
-        steps.append(v2.RandomHorizontalFlip())
+        steps.append(HorizontalFlip())
     return steps
 
 
-def _normalise(datasets: ImageDatasets) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(datasets.mean), list(datasets.std))]
+def _normalise(datasets: ImageDatasets) -> Normalise:
+    return Normalise(tuple(datasets.mean), tuple(datasets.std))
 
 
 @AUGMENTATIONS.register("w")
-def weak(datasets: ImageDatasets) -> Transform:
+def weak(datasets: ImageDatasets) -> BatchPipeline:
     """Weak augmentation: random-resized-crop, flip (not digits), rotation or colour jitter."""
     policy = _policy(datasets)
-    return v2.Compose(_geometry(policy, datasets.native_size) + policy.weak_extra() + _normalise(datasets))
+    return BatchPipeline([*_geometry(policy, datasets.native_size), policy.weak_extra, _normalise(datasets)])
 
 
 @AUGMENTATIONS.register("s")
-def strong(datasets: ImageDatasets) -> Transform:
+def strong(datasets: ImageDatasets) -> BatchPipeline:
     """Strong augmentation: crop and flip, then AutoAugment or RandAugment, then Cutout."""
     policy = _policy(datasets)
-    steps = _geometry(policy, datasets.native_size) + [policy.strong_op()] + _normalise(datasets)
+    steps = [*_geometry(policy, datasets.native_size), policy.strong_op, _normalise(datasets)]
     if policy.cutout:
-        steps.append(v2.RandomErasing(p=1.0, scale=(CUTOUT_AREA, CUTOUT_AREA), ratio=(1.0, 1.0), value=0.0))
-    return v2.Compose(steps)
+        steps.append(Cutout(CUTOUT_AREA))
+    return BatchPipeline(steps)
 
 
 @AUGMENTATIONS.register("none")
-def clean(datasets: ImageDatasets) -> Transform:
+def clean(datasets: ImageDatasets) -> BatchPipeline:
     """No augmentation: the evaluation transform (ImageNet: resize + center crop)."""
     policy = _policy(datasets)
-    steps: list[v2.Transform] = []
-    if policy.eval_resize:
-        size = datasets.native_size
-        steps += [v2.Resize(round(size / EVAL_CROP_FRACTION)), v2.CenterCrop(size)]
-    return v2.Compose(steps + _normalise(datasets))
+    size = datasets.native_size
+    sizing = ResizeCentreCrop(round(size / EVAL_CROP_FRACTION), size) if policy.eval_resize else AsIs()
+    return BatchPipeline([sizing, _normalise(datasets)])
 
 
-def build_transform(aug: str, datasets: ImageDatasets) -> Transform:
+def build_transform(aug: str, datasets: ImageDatasets) -> BatchTransform:
     """The pipeline ``aug`` (``w``, ``s`` or ``none``) for ``datasets``' family.
 
     Returns:
-        A callable mapping a uint8 ``C×H×W`` tensor to a normalised float32 ``C×S×S`` tensor,
-        ``S = datasets.native_size``; it draws from torch's global RNG.
+        A :class:`~kd_ray.data.batch_pipeline.BatchTransform`: the raw uint8 images of a batch
+        (a ``(B, C, H, W)`` tensor or a list of ``C×H×W`` images) and each sample's seed (``None``
+        for ``none``) → normalised float32 ``(B, C, S, S)``, ``S = datasets.native_size``. A
+        registered per-image transform is wrapped to run image by image under torch's global RNG
+        seeded per sample.
 
     Raises:
         ConfigError: unknown ``aug`` (the message lists the registered names).
     """
-    return AUGMENTATIONS.get(aug)(datasets)
+    return as_batch_transform(AUGMENTATIONS.get(aug)(datasets))

@@ -3,42 +3,50 @@
 Every random draw of a stream is a pure function of its seed (docs/experiments.md#paired-randomness):
 
 * the epoch's sample order is ``randperm(n)`` seeded by ``(seed, epoch)``;
-* sample ``i``'s augmentation runs under torch's global RNG seeded by
-  ``stable_seed(seed, epoch, i)``, inside ``torch.random.fork_rng`` so the caller's RNG is
-  left untouched.
+* sample ``i``'s augmentation parameters come from its own generator seeded by
+  ``stable_seed(seed, epoch, i)`` (:mod:`kd_ray.data.draws`); torch's global RNG is never used.
 
-Nothing depends on which process draws a sample, so a global batch has the same samples and
-the same augmented pixels whatever the number of DDP ranks or ``DataLoader`` workers, and two
-student trials with the same stream seed see identical batches whatever their teachers or loss.
-A global batch of ``B`` samples is cut into ``world_size`` equal contiguous shards (training
-drops the last partial batch, so every rank makes the same number of steps); evaluation splits
-each batch ``rank::world_size`` without padding or dropping, so every sample is counted once.
+The loader fetches the raw images of a whole (shard of a) batch and augments them together, in
+the loader worker or, without workers, in the training process; each sample is transformed by
+its own parameters, so nothing depends on which process draws a sample or which samples share
+its batch. A global batch has the same samples and the same augmented pixels whatever the number
+of DDP ranks or ``DataLoader`` workers, and two student trials with the same stream seed see
+identical batches whatever their teachers or loss. A global batch of ``B`` samples is cut into
+``world_size`` equal contiguous shards (training drops the last partial batch, so every rank makes
+the same number of steps); evaluation splits each batch ``rank::world_size`` without padding or
+dropping, so every sample is counted once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kd_ray.data.augment import Transform, build_transform
-from kd_ray.data.base import ImageDatasets, ImageSource
+from kd_ray.data.augment import build_transform
+from kd_ray.data.base import ImageDatasets, ImageSource, TensorImageSource
+from kd_ray.data.batch_pipeline import BatchTransform, Images
+from kd_ray.data.draws import sample_seeds
 from kd_ray.errors import ConfigError
 from kd_ray.seeding import stable_seed
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""Normalised float32 images ``(B, C, S, S)`` and int64 labels ``(B,)``."""
 
 
 @contextmanager
 def _single_thread() -> Iterator[None]:
-    """Run one image's transform on one intra-op thread, as ``DataLoader`` workers do.
+    """Augment a batch on one intra-op thread, as ``DataLoader`` workers do.
 
-    Per-image ops are far too small to gain from threads: in-process loading (``loader_workers
-    = 0``, the CPU default) otherwise pays the thread pool's synchronisation on every op, 10x
-    slower for AutoAugment on 16-pixel images on a busy 2-core machine. It also makes the pixels
-    independent of the process's thread count (reduction order), so workers never change them.
+    A 32-pixel batch is too small to gain from threads: in-process loading (``loader_workers = 0``,
+    the CPU default) would otherwise pay the thread pool's synchronisation on every op of a busy
+    machine. It also makes the pixels independent of the process's thread count (the order of a
+    reduction such as a contrast mean), so workers never change them.
     """
     threads = torch.get_num_threads()
     if threads == 1:
@@ -51,27 +59,45 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _raw_batch(source: ImageSource, indices: Sequence[int]) -> tuple[Images, torch.Tensor]:
+    """The raw images and labels at ``indices``: one tensor from an in-memory split (one gather),
+    else a list of the source's images (decoded files, of any size)."""
+    if isinstance(source, TensorImageSource):
+        rows = np.asarray(indices, dtype=np.int64)
+        return source.images.index_select(0, torch.from_numpy(rows)), torch.from_numpy(source.labels[rows])
+    pairs = [source[i] for i in indices]
+    return [image for image, _ in pairs], torch.tensor([int(label) for _, label in pairs], dtype=torch.int64)
+
+
+def _collated(batch: Batch) -> Batch:
+    """``DataLoader``'s collate function: :meth:`AugmentedSplit.__getitems__` already returns a batch."""
+    return batch
+
+
 class AugmentedSplit(Dataset[tuple[torch.Tensor, int]]):
-    """A split whose sample ``i`` is transformed under an RNG seeded by ``(seed, epoch, i)``.
+    """A split whose samples are augmented a batch at a time, sample ``i`` under draws seeded by
+    ``(seed, epoch, i)``.
+
+    ``DataLoader`` calls :meth:`__getitems__` with the indices of a (shard of a) batch; indexing
+    one sample augments a batch of one, with the same result.
 
     Args:
         source: the raw split.
-        transform: uint8 image → normalised float image (it may draw from torch's RNG).
-        seed: base seed of the augmentation draws; ``None`` for a deterministic transform
-            (skips the RNG fork, which is the costly part of a clean evaluation pass).
+        transform: raw images and per-sample seeds → normalised float images.
+        seed: base seed of the augmentation draws; ``None`` for a deterministic transform.
         cache: keep each transformed sample after its first draw; for evaluation splits, whose
             draw does not change between epochs (their epoch stays 0).
     """
 
     def __init__(
-        self, source: ImageSource, transform: Transform, seed: int | None, *, cache: bool = False
+        self, source: ImageSource, transform: BatchTransform, seed: int | None, *, cache: bool = False
     ) -> None:
         self.source = source
         self.transform = transform
         self.seed = seed
         self.epoch = 0
         # Evaluation splits draw the same pixels every epoch; small ones are transformed once.
-        self._cache: dict[int, tuple[torch.Tensor, int]] | None = {} if cache else None
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
     def set_epoch(self, epoch: int) -> None:
         """Draw epoch ``epoch``'s augmentations (loader workers pick it up at the next epoch)."""
@@ -83,22 +109,24 @@ class AugmentedSplit(Dataset[tuple[torch.Tensor, int]]):
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if self._cache is not None:
-            if index not in self._cache:
-                self._cache[index] = self._draw(index)
-            return self._cache[index]
-        return self._draw(index)
+        images, labels = self.__getitems__([index])
+        return images[0], int(labels[0])
 
-    def _draw(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.source[index]
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        if self._cache is None:
+            return self._draw(indices)
+        missing = [i for i in dict.fromkeys(indices) if i not in self._cache]
+        if missing:
+            images, labels = self._draw(missing)
+            self._cache.update(zip(missing, zip(images, labels, strict=True), strict=True))
+        cached = [self._cache[i] for i in indices]
+        return torch.stack([image for image, _ in cached]), torch.stack([label for _, label in cached])
+
+    def _draw(self, indices: Sequence[int]) -> Batch:
+        images, labels = _raw_batch(self.source, indices)
+        seeds = None if self.seed is None else sample_seeds(self.seed, self.epoch, indices)
         with _single_thread():
-            if self.seed is None:
-                return self.transform(image), int(label)
-            with torch.random.fork_rng(devices=[]):
-                # Only the CPU generator: torchvision draws from it, and ``torch.manual_seed``
-                # would also seed every accelerator, ~100x slower per sample.
-                torch.default_generator.manual_seed(stable_seed(self.seed, self.epoch, index))
-                return self.transform(image), int(label)
+            return self.transform(images, seeds), labels
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -213,13 +241,15 @@ class SplitLoaders:
 def _loader(
     split: AugmentedSplit, sampler: ShardedBatchSampler, seed: int, loader_workers: int, pin_memory: bool
 ) -> DataLoader:
-    # Workers are not persistent, so each epoch's iterator forks them with the current epoch.
+    # Workers are not persistent, so each epoch's iterator forks them with the current epoch. A
+    # worker fetches and augments whole batches (``__getitems__``), so collation is the identity.
     # The explicit generator keeps the DataLoader from drawing its worker base seed from the
     # caller's global RNG (our per-sample seeding makes that seed irrelevant anyway).
     return DataLoader(
         split,
         batch_sampler=sampler,
         num_workers=loader_workers,
+        collate_fn=_collated,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(stable_seed(seed, "loader")),
     )
