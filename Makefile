@@ -34,10 +34,13 @@ browser:
 		$$SUDO apt-get update -qq && \
 		$$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
 
-# Unit tests first, in 2 processes (CPU-bound: pytest-xdist halves them on 2 cores), then the
-# end-to-end tests in one, which start Ray clusters and share one across the session. Each
-# invocation fails on pytest's exit 5 (no tests collected) like on any other non-zero status.
-test: $(VENV)/.installed browser
+# The virtualenv and the browser are installed side by side (pip and apt wait on disk and
+# network, not on each other). Then unit tests first, in 2 processes (CPU-bound: pytest-xdist
+# halves them on 2 cores), then the end-to-end tests in one, which start Ray clusters and share
+# one across the session. Each invocation fails on pytest's exit 5 (no tests collected) like on
+# any other non-zero status.
+test:
+	$(MAKE) --no-print-directory -j2 $(VENV)/.installed browser
 	$(BIN)/pytest -m "not slow" -n 2
 	$(BIN)/pytest -m slow --durations=20
 
