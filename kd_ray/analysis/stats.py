@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -54,9 +54,10 @@ _WILCOXON_ARE = 3 / math.pi
 _TOL = 1e-12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TestResult:
-    """One test of one claim part.
+    """One test of one claim part, built by keyword: its fields are numbers that only their
+    names tell apart.
 
     Attributes:
         value: the effect (weighted mean rho, or Hodges-Lehmann paired difference); NaN without data.
@@ -81,7 +82,8 @@ class TestResult:
     p_against: float = math.nan
 
 
-EMPTY = TestResult(math.nan, math.nan, math.nan, math.nan, 0, None)
+# No data: nothing estimated, no unit, and no n that would help.
+EMPTY = TestResult(value=math.nan, p_value=math.nan, ci_low=math.nan, ci_high=math.nan, n=0, n_needed=None)
 
 
 def verdict(value: float, p_value: float, expected_sign: int, alpha: float = ALPHA) -> str:
@@ -200,7 +202,7 @@ def _all_orderings(n: int) -> np.ndarray:
     return np.array(list(itertools.permutations(range(n))))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StratumTest:
     """Spearman's rho of one stratum against its permutation distribution."""
 
@@ -216,7 +218,7 @@ def stratum_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Stra
     n = rx.size
     rho = float(_rho(rx, ry))
     if not math.isfinite(rho):
-        return StratumTest(n, math.nan, math.nan, math.nan)
+        return StratumTest(n=n, rho=math.nan, p_two_sided=math.nan, z=math.nan)
     if n <= EXACT_MAX_N:
         null = _rho(rx[None, :], ry[_all_orderings(n)])
         greater = np.mean(null > rho + _TOL)
@@ -233,7 +235,7 @@ def stratum_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Stra
         greater, equal, less = n_greater / (N_PERM + 1), (n_equal + 1) / (N_PERM + 1), n_less / (N_PERM + 1)
         mid = greater + equal / 2
     p_two = min(1.0, 2 * min(greater + equal, less + equal))
-    return StratumTest(n, rho, float(p_two), float(-stats.norm.ppf(mid)))
+    return StratumTest(n=n, rho=rho, p_two_sided=float(p_two), z=float(-stats.norm.ppf(mid)))
 
 
 def combine_z(z: list[float], weights: list[float], blocks: list[object]) -> float:
@@ -311,14 +313,23 @@ def rank_correlation_test(frame: pd.DataFrame) -> TestResult:
             blocks.append(block_of[key])
     n = int(sum(idx.size for idx in kept))
     if not tests:
-        return TestResult(math.nan, math.nan, math.nan, math.nan, n, 5 if n < 3 else None)
+        # No stratum could be tested: nothing estimated.
+        return replace(EMPTY, n=n, n_needed=5 if n < 3 else None)
     rho, p = combine_strata(tests, blocks)
     boot = _bootstrap_means(values, counts, kept, rng)
     boot_rho = _weighted_rho_of_draws(boot, [idx.size for idx in kept])
     low, high = (
         np.nanpercentile(boot_rho, [2.5, 97.5]) if np.isfinite(boot_rho).any() else (math.nan, math.nan)
     )
-    return TestResult(rho, p, float(low), float(high), n, n_needed_correlation(rho), n_strata=len(tests))
+    return TestResult(
+        value=rho,
+        p_value=p,
+        ci_low=float(low),
+        ci_high=float(high),
+        n=n,
+        n_needed=n_needed_correlation(rho),
+        n_strata=len(tests),
+    )
 
 
 def hodges_lehmann(diffs: np.ndarray) -> float:
@@ -431,13 +442,13 @@ def paired_test(frame: pd.DataFrame) -> TestResult:
         value = _weighted_hl(diffs, strata)
         p = float(2 * stats.norm.sf(abs(_stratified_z(diffs, strata, _strata_blocks(frame, strata)))))
     return TestResult(
-        value,
-        p,
-        low,
-        high,
-        int(diffs.size),
-        n_needed_paired(diffs),
-        p_eq9,
+        value=value,
+        p_value=p,
+        ci_low=low,
+        ci_high=high,
+        n=int(diffs.size),
+        n_needed=n_needed_paired(diffs),
+        p_eq9=p_eq9,
         n_strata=len(strata),
     )
 
@@ -467,12 +478,12 @@ def equivalence_test(frame: pd.DataFrame, margin: float) -> TestResult:
         p_high = float(stats.norm.cdf(_stratified_z(diffs, strata, blocks, shift=-margin)))
         p_against = float(stats.norm.cdf(z_low))
     return TestResult(
-        value,
-        max(p_low, p_high),
-        low,
-        high,
-        int(diffs.size),
-        None,
+        value=value,
+        p_value=max(p_low, p_high),
+        ci_low=low,
+        ci_high=high,
+        n=int(diffs.size),
+        n_needed=None,
         n_strata=len(strata),
         p_against=p_against,
     )
