@@ -57,15 +57,16 @@ VANILLA = "kd"
 _CORRELATION_UNIT = "vanilla-KD full-view configuration (a student, its teachers, its stream), seeds averaged"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Correlation:
     """A claim part: ``x`` and ``y`` rank-correlate with sign ``sign`` within strata.
 
     Attributes:
+        min_teachers: trials with fewer teachers are left out (teacher IoU needs two).
         by_student_aug: the student's augmentation is a stratum (C2, C3); the pooled test is
             reported beside it.
         k_is_variable: ``x`` is the teacher count, so k is not a stratum (C7).
-        val_columns: the same test on the clean val split, as a robustness row.
+        val_columns: ``(x, y)`` of the same test on the clean val split, as a robustness row.
     """
 
     x: str
@@ -85,12 +86,22 @@ class Correlation:
             columns.append("student_aug")
         return tuple(columns)
 
+    def label(self, x: str | None = None, y: str | None = None) -> str:
+        """``ρ(x, y)``; ``x`` and ``y`` name the columns tested where they are not the part's own
+        (plug-in MI, the clean val split)."""
+        return f"ρ({x or self.x}, {y or self.y})"
+
     def describe(self, x: str | None = None, y: str | None = None) -> str:
         sign = "> 0" if self.sign > 0 else "< 0"
-        return f"stratified Spearman ρ({x or self.x}, {y or self.y}), expected {sign}"
+        return f"stratified Spearman {self.label(x, y)}, expected {sign}"
 
 
-@dataclass(frozen=True)
+def _difference_label(part: Paired | Equivalent) -> str:
+    """``Δmetric (treated − control)``: the paired difference a part tests."""
+    return f"Δ{part.metric} ({part.treated} − {part.control})"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Paired:
     """A claim part: switching ``factor`` from ``control`` to ``treated`` moves ``metric`` by ``sign``."""
 
@@ -101,12 +112,15 @@ class Paired:
     sign: int
     min_teachers: int = 1
 
+    def label(self) -> str:
+        return _difference_label(self)
+
     def describe(self) -> str:
         direction = "lower" if self.sign < 0 else "higher"
-        return f"Wilcoxon signed-rank, Hodges-Lehmann Δ{self.metric} ({self.treated} − {self.control}), expected {direction}"
+        return f"Wilcoxon signed-rank, Hodges-Lehmann {self.label()}, expected {direction}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Equivalent:
     """A claim part: switching ``factor`` leaves ``metric`` within ±``margin`` (TOST)."""
 
@@ -116,109 +130,156 @@ class Equivalent:
     treated: str
     margin: float
     min_teachers: int = 1
-    sign: int = 0
+    sign: int = 0  # no direction: a part's sign of 0 marks it as an equivalence
+
+    def label(self) -> str:
+        return _difference_label(self)
 
     def describe(self) -> str:
-        return (
-            f"TOST (two one-sided Wilcoxon), Hodges-Lehmann Δ{self.metric} ({self.treated} − {self.control}) "
-            f"within ±{self.margin:g}"
-        )
+        return f"TOST (two one-sided Wilcoxon), Hodges-Lehmann {self.label()} within ±{self.margin:g}"
 
 
 Part = Correlation | Paired | Equivalent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Claim:
-    """One of the paper's claims: its text, its parts, and the reasoning behind its design."""
+    """One of the paper's claims: its text, its parts, and the reasoning behind its design.
+
+    Its id (``C1``...) is its key in :data:`CLAIMS`; a part's number in the tables is its place in
+    ``parts`` from 1, and ``context`` rows are numbered after them.
+
+    Attributes:
+        unit: what one observation of the claim's tests is (the report's ``unit`` column).
+        rationale: why the claim is tested this way (the report's method section).
+        context: shown beside the claim, never part of its verdict.
+        note: how the claim's wording is read, added to its row of the claims table.
+    """
 
     text: str
     parts: tuple[Part, ...]
     unit: str
     rationale: str
-    context: tuple[Paired, ...] = ()  # shown beside the claim, never part of its verdict
+    context: tuple[Paired, ...] = ()
     note: str = ""
 
 
 CLAIMS: dict[str, Claim] = {
     "C1": Claim(
-        "Stronger augmentation (lower affinity) goes with lower teacher attention IoU",
-        (
+        text="Stronger augmentation (lower affinity) goes with lower teacher attention IoU",
+        parts=(
             Correlation(
-                "affinity", "iou_teachers", +1, min_teachers=2, val_columns=("affinity", "val_iou_teachers")
+                x="affinity",
+                y="iou_teachers",
+                sign=+1,
+                min_teachers=2,
+                val_columns=("affinity", "val_iou_teachers"),
             ),
         ),
-        _CORRELATION_UNIT,
-        "Pooled over the student's augmentation: the student's augmentation is part of the augmentation "
-        "strength the claim is about. Teacher IoU needs two teachers.",
+        unit=_CORRELATION_UNIT,
+        rationale="Pooled over the student's augmentation: the student's augmentation is part of the "
+        "augmentation strength the claim is about. Teacher IoU needs two teachers.",
     ),
     "C2": Claim(
-        "Lower teacher attention IoU goes with higher student val accuracy",
-        (
+        text="Lower teacher attention IoU goes with higher student val accuracy",
+        parts=(
             Correlation(
-                "iou_teachers",
-                "val_acc",
-                -1,
+                x="iou_teachers",
+                y="val_acc",
+                sign=-1,
                 min_teachers=2,
                 by_student_aug=True,
                 val_columns=("val_iou_teachers", "val_acc"),
             ),
         ),
-        _CORRELATION_UNIT,
-        "Within each student augmentation: teacher IoU is measured on the student's augmented batches, so "
-        "S_s versus S_w moves IoU and accuracy at once and a pooled trend can be nothing but that split.",
+        unit=_CORRELATION_UNIT,
+        rationale="Within each student augmentation: teacher IoU is measured on the student's augmented "
+        "batches, so S_s versus S_w moves IoU and accuracy at once and a pooled trend can be nothing but "
+        "that split.",
     ),
     "C3": Claim(
-        "Agreement and MI between teachers and student fall as val accuracy rises",
-        (
+        text="Agreement and MI between teachers and student fall as val accuracy rises",
+        parts=(
             Correlation(
-                "agreement", "val_acc", -1, by_student_aug=True, val_columns=("val_agreement", "val_acc")
+                x="agreement",
+                y="val_acc",
+                sign=-1,
+                by_student_aug=True,
+                val_columns=("val_agreement", "val_acc"),
             ),
-            Correlation("mi_mm", "val_acc", -1, by_student_aug=True, val_columns=("val_mi_mm", "val_acc")),
+            Correlation(
+                x="mi_mm", y="val_acc", sign=-1, by_student_aug=True, val_columns=("val_mi_mm", "val_acc")
+            ),
         ),
-        _CORRELATION_UNIT,
-        "Within each student augmentation, as C2: fidelity during training is measured on the student's "
-        "augmented batches. MI is the Miller–Madow-corrected estimate (the plug-in one is biased upward "
-        "by about (cells − 1)/2N).",
+        unit=_CORRELATION_UNIT,
+        rationale="Within each student augmentation, as C2: fidelity during training is measured on the "
+        "student's augmented batches. MI is the Miller–Madow-corrected estimate (the plug-in one is "
+        "biased upward by about (cells − 1)/2N).",
     ),
     "C4": Claim(
-        "The split view lowers teacher IoU and agreement, with comparable generalisation",
-        (
-            Paired("iou_teachers", "view", "full", "split", -1, min_teachers=2),
-            Paired("agreement", "view", "full", "split", -1, min_teachers=2),
-            Equivalent("val_acc", "view", "full", "split", EQUIVALENCE_MARGIN, min_teachers=2),
+        text="The split view lowers teacher IoU and agreement, with comparable generalisation",
+        parts=(
+            Paired(
+                metric="iou_teachers", factor="view", control="full", treated="split", sign=-1, min_teachers=2
+            ),
+            Paired(
+                metric="agreement", factor="view", control="full", treated="split", sign=-1, min_teachers=2
+            ),
+            Equivalent(
+                metric="val_acc",
+                factor="view",
+                control="full",
+                treated="split",
+                margin=EQUIVALENCE_MARGIN,
+                min_teachers=2,
+            ),
         ),
-        "pair of vanilla-KD configurations that differ only in the view (same teachers, same data stream), "
-        "seeds averaged",
-        "An intervention: the view changes what the teachers see, not the student's data (common random "
-        "numbers), so full- and split-view students are paired. 'Comparable generalisation' is an "
+        unit="pair of vanilla-KD configurations that differ only in the view (same teachers, same data "
+        "stream), seeds averaged",
+        rationale="An intervention: the view changes what the teachers see, not the student's data (common "
+        "random numbers), so full- and split-view students are paired. 'Comparable generalisation' is an "
         f"equivalence test with a margin of ±{EQUIVALENCE_MARGIN:g} val accuracy, stated in advance. The "
         "teacher ensemble's accuracy under each view is shown beside it: a fall in agreement that comes "
         "only from half-image teachers being worse is not the paper's mechanism.",
-        context=(Paired("val_acc_ensemble", "view", "full", "split", -1, min_teachers=2),),
+        context=(
+            Paired(
+                metric="val_acc_ensemble",
+                factor="view",
+                control="full",
+                treated="split",
+                sign=-1,
+                min_teachers=2,
+            ),
+        ),
     ),
     "C5": Claim(
-        "Z-score KD lowers the train/val gap but does not raise agreement",
-        (Paired("gap", "loss", "kd", "zscore_kd", -1), Paired("agreement", "loss", "kd", "zscore_kd", -1)),
-        "pair of full-view configurations that differ only in the loss (same teachers, same data stream), "
-        "seeds averaged",
-        "Paired by loss on the full view. Both metrics are the student's own, so each pair is one student "
-        "pair.",
+        text="Z-score KD lowers the train/val gap but does not raise agreement",
+        parts=(
+            Paired(metric="gap", factor="loss", control="kd", treated="zscore_kd", sign=-1),
+            Paired(metric="agreement", factor="loss", control="kd", treated="zscore_kd", sign=-1),
+        ),
+        unit="pair of full-view configurations that differ only in the loss (same teachers, same data "
+        "stream), seeds averaged",
+        rationale="Paired by loss on the full view. Both metrics are the student's own, so each pair is one "
+        "student pair.",
         note="'does not raise' is tested as the decrease the paper reports; no change is inconclusive, not support",
     ),
     "C6": Claim(
-        "Lower affinity goes with higher val accuracy",
-        (Correlation("affinity", "val_acc", -1),),
-        _CORRELATION_UNIT,
-        "Pooled over the student's augmentation: the claim is about augmentation strength itself, of which "
-        "the student's augmentation is the largest part.",
+        text="Lower affinity goes with higher val accuracy",
+        parts=(Correlation(x="affinity", y="val_acc", sign=-1),),
+        unit=_CORRELATION_UNIT,
+        rationale="Pooled over the student's augmentation: the claim is about augmentation strength itself, "
+        "of which the student's augmentation is the largest part.",
     ),
     "C7": Claim(
-        "More teachers and stronger augmentation lower ECE",
-        (Correlation("n_teachers", "ece", -1, k_is_variable=True), Correlation("affinity", "ece", +1)),
-        _CORRELATION_UNIT,
-        "Teacher count is the variable of the first part, so it is not a stratum there; both parts are "
-        "pooled over the student's augmentation, which is part of the augmentation strength.",
+        text="More teachers and stronger augmentation lower ECE",
+        parts=(
+            Correlation(x="n_teachers", y="ece", sign=-1, k_is_variable=True),
+            Correlation(x="affinity", y="ece", sign=+1),
+        ),
+        unit=_CORRELATION_UNIT,
+        rationale="Teacher count is the variable of the first part, so it is not a stratum there; both "
+        "parts are pooled over the student's augmentation, which is part of the augmentation strength.",
     ),
 }
 
@@ -364,9 +425,22 @@ def _pairs(trials: pd.DataFrame, part: Paired | Equivalent) -> tuple[pd.DataFram
 
 
 def _row(
-    claim: str, i: int, role: str, part: Part, label: str, strata: str, result: TestResult, note: str
+    claim_id: str,
+    number: int,
+    part: Part,
+    *,
+    role: str,
+    label: str,
+    statistic: str,
+    strata: str,
+    result: TestResult,
+    note: str,
 ) -> dict:
-    """One row of :func:`claim_parts`; ``label`` names what was tested, e.g. ``ρ(affinity, ece)``."""
+    """One row of :func:`claim_parts` for part ``number`` of a claim.
+
+    ``label`` names what was tested (``ρ(affinity, ece)``) and ``statistic`` says how; both come
+    from the part, with the columns actually tested where they are not the part's own.
+    """
     sign = part.sign
     part_verdict = _part_verdict(result, sign)
     if part_verdict == "inconclusive" and not note and role != CONTEXT:
@@ -377,16 +451,11 @@ def _row(
                 f"n = {result.n}; about {result.n_needed} units would detect the observed effect "
                 "(80% power, unadjusted α)"
             )
-    if isinstance(part, Correlation):
-        x, y = label[2:-1].split(", ")
-        statistic = part.describe(x, y)
-    else:
-        statistic = part.describe()
     return {
-        "claim": claim,
-        "part": i,
+        "claim": claim_id,
+        "part": number,
         "role": role,
-        "claim_text": CLAIMS[claim].text,
+        "claim_text": CLAIMS[claim_id].text,
         "statistic": statistic,
         "label": label,
         "strata": strata,
@@ -426,9 +495,9 @@ def claim_parts(trials: pd.DataFrame) -> pd.DataFrame:
     ok = ok_trials(trials)
     rows = []
     for claim_id, claim in CLAIMS.items():
-        for i, part in enumerate(claim.parts, 1):
+        for number, part in enumerate(claim.parts, 1):
             if isinstance(part, Correlation):
-                rows += _correlation_rows(ok, claim_id, i, part)
+                rows += _correlation_rows(ok, claim_id, number, part)
                 continue
             pairs, note = _pairs(ok, part)
             if pairs.empty:
@@ -437,39 +506,69 @@ def claim_parts(trials: pd.DataFrame) -> pd.DataFrame:
                 result = equivalence_test(pairs, part.margin)
             else:
                 result = paired_test(pairs)
-            rows.append(_row(claim_id, i, PRIMARY, part, _paired_label(part), _paired_text(ok), result, note))
-        for j, part in enumerate(claim.context, len(claim.parts) + 1):
+            rows.append(_paired_row(ok, claim_id, number, part, PRIMARY, result, note))
+        for number, part in enumerate(claim.context, len(claim.parts) + 1):
             pairs, note = _pairs(ok, part)
             result = paired_test(pairs) if not pairs.empty else EMPTY
-            rows.append(_row(claim_id, j, CONTEXT, part, _paired_label(part), _paired_text(ok), result, note))
+            rows.append(_paired_row(ok, claim_id, number, part, CONTEXT, result, note))
     return pd.DataFrame(rows)
 
 
-def _paired_label(part: Paired | Equivalent) -> str:
-    return f"Δ{part.metric} ({part.treated} − {part.control})"
+def _paired_row(
+    ok: pd.DataFrame,
+    claim_id: str,
+    number: int,
+    part: Paired | Equivalent,
+    role: str,
+    result: TestResult,
+    note: str,
+) -> dict:
+    return _row(
+        claim_id,
+        number,
+        part,
+        role=role,
+        label=part.label(),
+        statistic=part.describe(),
+        strata=_paired_text(ok),
+        result=result,
+        note=note,
+    )
 
 
-def _correlation_rows(ok: pd.DataFrame, claim_id: str, i: int, part: Correlation) -> list[dict]:
+def _correlation_rows(ok: pd.DataFrame, claim_id: str, number: int, part: Correlation) -> list[dict]:
     """The primary row of a correlation part, and its pooled and clean-val rows where it has them."""
+
+    def row(role: str, x: str, y: str, strata: tuple[str, ...], result: TestResult, note: str) -> dict:
+        return _row(
+            claim_id,
+            number,
+            part,
+            role=role,
+            label=part.label(x, y),
+            statistic=part.describe(x, y),
+            strata=_strata_text(strata, ok),
+            result=result,
+            note=note,
+        )
+
     x, y, note_mi = part.x, part.y, ""
     if x == "mi_mm" and ("mi_mm" not in ok or ok["mi_mm"].isna().all()):
         x, note_mi = "mi", "plug-in MI: these results have no Miller–Madow column"
     strata = part.strata(ok)
     result, note = _run_correlation(ok, part, x, y, strata)
     note = "; ".join(s for s in (note, note_mi) if s)
-    rows = [_row(claim_id, i, PRIMARY, part, f"ρ({x}, {y})", _strata_text(strata, ok), result, note)]
+    rows = [row(PRIMARY, x, y, strata, result, note)]
     if part.by_student_aug:
         pooled = part.strata(ok, pooled=True)
         result, note = _run_correlation(ok, part, x, y, pooled)
-        rows.append(_row(claim_id, i, POOLED, part, f"ρ({x}, {y})", _strata_text(pooled, ok), result, note))
+        rows.append(row(POOLED, x, y, pooled, result, note))
     if part.val_columns:
         vx, vy = part.val_columns
         if vx == "val_mi_mm" and note_mi:
             vx = "val_mi"
         result, note = _run_correlation(ok, part, vx, vy, strata)
-        rows.append(
-            _row(claim_id, i, VAL_SPLIT, part, f"ρ({vx}, {vy})", _strata_text(strata, ok), result, note)
-        )
+        rows.append(row(VAL_SPLIT, vx, vy, strata, result, note))
     return rows
 
 
