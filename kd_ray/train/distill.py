@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ from kd_ray.data.streams import build_loaders
 from kd_ray.losses import LOSSES, DistillationLoss
 from kd_ray.metrics import SplitMetrics
 from kd_ray.metrics.names import computes_top5, report_key
-from kd_ray.models import capture_attention, create_model, unwrap_model
+from kd_ray.models import AttentionCapture, capture_attention, create_model, unwrap_model
 from kd_ray.plan import StudentTrial, kd_axis_values, stream_key
 from kd_ray.seeding import stream_seed
 from kd_ray.train.optim import build_optimizer, build_scheduler
@@ -43,6 +44,13 @@ from kd_ray.train.runtime import Runtime
 # batch, ``(teacher_id, view, slot, k)`` for a view's transform of it. The ``full`` view is the
 # whole batch whatever the slot and k; so is the ``split`` view's only strip when k = 1.
 TeacherKey = tuple
+
+
+class TeacherOutput(NamedTuple):
+    """What one teacher input gives on one batch: the teacher's logits and attention maps."""
+
+    logits: torch.Tensor
+    maps: torch.Tensor
 
 
 def teacher_key(teacher_id: str, view: str, slot: int, k: int) -> TeacherKey:
@@ -194,39 +202,74 @@ class DistillationRun:
         _, view, slot, k = key
         return self.views[view](x, slot, k)
 
+    def _inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader's batch on the device, resized there to the config's image size."""
+        x, y = self.runtime.batch(x, y)
+        return (resize_batch(x, self.image_size) if self.image_size else x), y
+
+    @contextlib.contextmanager
+    def _attention_hooks(
+        self, students: Sequence[_Student]
+    ) -> Iterator[tuple[list[AttentionCapture], dict[str, AttentionCapture]]]:
+        """Attention captures on every student (in order) and every teacher (by id), for a pass:
+        maps come from the forward passes the pass makes anyway (docs/metrics.md#attention-maps)."""
+        target = self.cfg.metrics.cam_target
+        with contextlib.ExitStack() as hooks:
+            students_maps = [
+                hooks.enter_context(capture_attention(s.model, cam_target=target)) for s in students
+            ]
+            teachers_maps = {
+                tid: hooks.enter_context(capture_attention(t, cam_target=target))
+                for tid, t in self.teachers.items()
+            }
+            yield students_maps, teachers_maps
+
     def _teacher_outputs(
-        self, x: torch.Tensor, y: torch.Tensor, keys: Sequence[TeacherKey], captures: Mapping
-    ) -> dict[TeacherKey, tuple[torch.Tensor, torch.Tensor]]:
-        """Logits and attention maps of one batch for each teacher key: one forward pass each."""
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        keys: Sequence[TeacherKey],
+        captures: Mapping[str, AttentionCapture],
+    ) -> dict[TeacherKey, TeacherOutput]:
+        """The teacher step, once per batch: one forward pass for each distinct teacher input
+        (``keys``), whichever and however many students use it."""
         outputs = {}
         for key in keys:
             with torch.no_grad(), self.runtime.autocast():
                 logits = self.teachers[key[0]](self._teacher_input(x, key)).float()
-            outputs[key] = (logits, captures[key[0]].maps(logits, y))
+            outputs[key] = TeacherOutput(logits, captures[key[0]].maps(logits, y))
         return outputs
 
-    def _student_step(
-        self,
-        s: _Student,
-        capture,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        outputs: Mapping[TeacherKey, tuple[torch.Tensor, torch.Tensor]],
-        metrics: SplitMetrics,
-        train: bool,
-    ) -> None:
-        """One student on one batch: its loss against its teachers' outputs, a step, metrics."""
-        t_out = [outputs[key] for key in s.teacher_keys]
-        t_logits = [o[0] for o in t_out]
-        with torch.set_grad_enabled(train), self.runtime.autocast():
-            s_logits = s.model(x).float()
+    def _loss(
+        self, s: _Student, s_logits: torch.Tensor, t_logits: list[torch.Tensor], y: torch.Tensor
+    ) -> torch.Tensor:
+        """The student's own loss on the batch; NaN if computing it raised (it then fails alone)."""
         try:
-            loss = s.loss_fn(s_logits, t_logits, y)
+            return s.loss_fn(s_logits, t_logits, y)
         except Exception as err:  # this student's own loss: it fails alone, like a divergence
             s.raised = s.raised or f"{type(err).__name__}: {err}".splitlines()[0][:300]
             # A NaN loss keeps DDP's backward in step on every rank and makes the all-reduced
             # training loss non-finite, so every rank drops this student at the epoch's end.
-            loss = s_logits.sum() * math.nan
+            return s_logits.sum() * math.nan
+
+    def _student_step(
+        self,
+        s: _Student,
+        capture: AttentionCapture,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        outputs: Mapping[TeacherKey, TeacherOutput],
+        metrics: SplitMetrics,
+        train: bool,
+    ) -> None:
+        """The student step, once per student and batch: its forward pass, its loss against its
+        own teachers' outputs (picked from the batch's by its keys), a step when training, and
+        its metrics."""
+        teachers = [outputs[key] for key in s.teacher_keys]
+        t_logits = [t.logits for t in teachers]
+        with torch.set_grad_enabled(train), self.runtime.autocast():
+            s_logits = s.model(x).float()
+        loss = self._loss(s, s_logits, t_logits, y)
         if train:
             s.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -237,31 +280,25 @@ class DistillationRun:
                 t_logits,
                 y,
                 student_maps=capture.maps(s_logits, y),
-                teacher_maps=[o[1] for o in t_out],
+                teacher_maps=[t.maps for t in teachers],
                 loss=loss.detach(),
             )
 
     def _pass(self, loader, train: bool) -> dict[str, SplitMetrics]:
-        """One pass over ``loader``: each teacher once per batch and key, then every active student."""
+        """One pass over ``loader``: per batch the teacher step once, then every active student's
+        step on its outputs; the metrics, reduced across workers, by trial id."""
         students = self.active
         metrics = {s.trial.trial_id: self._metrics(s.trial.n_teachers) for s in students}
-        target = self.cfg.metrics.cam_target
         for s in students:
             s.model.train(train)
+        # The distinct teacher inputs of the students: each runs once per batch, not per student.
         keys = sorted({key for s in students for key in s.teacher_keys})
-        with contextlib.ExitStack() as hooks:
-            s_caps = [hooks.enter_context(capture_attention(s.model, cam_target=target)) for s in students]
-            t_caps = {
-                tid: hooks.enter_context(capture_attention(t, cam_target=target))
-                for tid, t in self.teachers.items()
-            }
+        with self._attention_hooks(students) as (students_maps, teachers_maps):
             for x, y in loader:
-                x, y = self.runtime.batch(x, y)
-                if self.image_size:
-                    x = resize_batch(x, self.image_size)
-                outputs = self._teacher_outputs(x, y, keys, t_caps)
-                for s, s_cap in zip(students, s_caps, strict=True):
-                    self._student_step(s, s_cap, x, y, outputs, metrics[s.trial.trial_id], train)
+                x, y = self._inputs(x, y)
+                outputs = self._teacher_outputs(x, y, keys, teachers_maps)
+                for s, capture in zip(students, students_maps, strict=True):
+                    self._student_step(s, capture, x, y, outputs, metrics[s.trial.trial_id], train)
         for m in metrics.values():
             m.all_reduce()
         return metrics
