@@ -58,12 +58,18 @@ def table_h6_ece_affinity(trials: pd.DataFrame) -> pd.DataFrame:
     return _metric_by_perm(trials, ["ece", "affinity"], "Table H.6")
 
 
-_AB_KEYS = ["dataset", "teacher_arch", "student_arch", "n_teachers", "loss", "perm"]
+# What one A/B table holds fixed; its rows are trial names (perm).
+_AB_TABLE_KEYS = ["dataset", "teacher_arch", "student_arch", "n_teachers", "loss"]
+
+
+def _ab_table_keys(ok: pd.DataFrame) -> list[str]:
+    """One A/B table: the fixed keys and the values of the varied KD axes."""
+    return [*_AB_TABLE_KEYS, *varied_kd_axes(ok)]
 
 
 def _ab_keys(ok: pd.DataFrame) -> list[str]:
-    """What an A/B pair shares besides the seed: the configuration, with the varied KD axes."""
-    return [*_AB_KEYS[:-1], *varied_kd_axes(ok), _AB_KEYS[-1]]
+    """What an A/B pair shares besides the seed: its table and its trial name."""
+    return [*_ab_table_keys(ok), "perm"]
 
 
 def _ab_pairs(trials: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +117,7 @@ def ab_p_values(trials: pd.DataFrame) -> pd.DataFrame:
     the numerator. The same fraction is given for teacher IoU.
     """
     pairs = _ab_pairs(trials)
-    keys = _ab_keys(ok_trials(trials))[:-1]  # every table of pairs, without the trial name
+    keys = _ab_table_keys(ok_trials(trials))
     rows = []
     for key, group in pairs.groupby(keys, sort=False):
         rows.append(
