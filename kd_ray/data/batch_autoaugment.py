@@ -5,11 +5,13 @@ The policies, operation spaces and magnitude bins are torchvision's (``v2.AutoAu
 ``v2.RandAugment``), and so are the operations: every sample's op, with its magnitude and sign, is
 the torchvision operation with those arguments, bit for bit (:mod:`kd_ray.data.batch_colour`,
 :mod:`kd_ray.data.batch_geometry`). Samples that drew the same op are transformed together, one
-call per op and slot, each with its own magnitude.
+call per op and step, each with its own magnitude; the geometric ops (shears, translations,
+rotations) share one warp per step.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,48 +26,40 @@ OpKernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """An operation on a group of uint8 images with one signed magnitude (float64) per image."""
 
 
-def _zeros(n: int) -> torch.Tensor:
-    return torch.zeros(n, dtype=torch.float64)
+AFFINE_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+"""The geometric operations: all warps by a per-sample affine matrix, applied in one call."""
 
 
-def _shear(images: torch.Tensor, magnitude: torch.Tensor, axis: int) -> torch.Tensor:
-    """``F.affine(shear=atan(m) in degrees on axis, center=[0, 0])``: shear about the top-left corner."""
+def affine_ops(images: torch.Tensor, ops: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Each sample's geometric op (``AFFINE_OPS[ops[b]]``) at its magnitude, in one warp.
+
+    As torchvision's AutoAugment calls them: ``ShearX``/``ShearY`` are ``F.affine`` with a shear of
+    ``degrees(atan(m))`` about the top-left corner (``center=[0, 0]``), ``TranslateX``/``Y`` shift
+    by ``int(m)`` pixels, ``Rotate`` is ``F.rotate(angle=m)``; all nearest neighbour, fill 0. Each
+    sample's matrix is torchvision's inverse matrix of those arguments.
+    """
     n, _, h, w = images.shape
-    shear = torch.zeros(n, 2, dtype=torch.float64)
-    shear[:, axis] = torch.rad2deg(torch.atan(magnitude))
-    corner = torch.tensor([-0.5 * w, -0.5 * h], dtype=torch.float64).expand(n, 2)
-    matrices = batch_geometry.inverse_affine_matrices(
-        _zeros(n), torch.zeros(n, 2, dtype=torch.float64), shear, corner
-    )
-    return batch_geometry.affine(images, matrices)
-
-
-def _translate(images: torch.Tensor, magnitude: torch.Tensor, axis: int) -> torch.Tensor:
-    """``F.affine(translate=int(m) pixels on axis)``."""
-    n = len(images)
-    translate = torch.zeros(n, 2, dtype=torch.float64)
-    translate[:, axis] = torch.trunc(magnitude)
-    zeros = torch.zeros(n, 2, dtype=torch.float64)
+    zero = torch.zeros(n, dtype=torch.float64)
+    slope = torch.rad2deg(torch.atan(magnitude))
+    shift = torch.trunc(magnitude)
+    sheared = ops <= 1
+    shear = torch.stack([torch.where(ops == 0, slope, zero), torch.where(ops == 1, slope, zero)], dim=1)
+    translate = torch.stack([torch.where(ops == 2, shift, zero), torch.where(ops == 3, shift, zero)], dim=1)
+    corner = torch.stack([torch.where(sheared, -0.5 * w, zero), torch.where(sheared, -0.5 * h, zero)], dim=1)
+    angle = torch.where(ops == 4, -magnitude, zero)  # rotate's matrix takes the opposite angle
     return batch_geometry.affine(
-        images, batch_geometry.inverse_affine_matrices(_zeros(n), translate, zeros, zeros)
+        images, batch_geometry.inverse_affine_matrices(angle, translate, shear, corner)
     )
 
 
-def _rotate(images: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """``F.rotate(angle=m)``, nearest neighbour, fill 0."""
-    zeros = torch.zeros(len(images), 2, dtype=torch.float64)
-    return batch_geometry.affine(
-        images, batch_geometry.inverse_affine_matrices(-magnitude, zeros, zeros, zeros)
-    )
+def _affine_kernel(name: str) -> OpKernel:
+    index = AFFINE_OPS.index(name)
+    return lambda x, m: affine_ops(x, torch.full((len(x),), index), m)
 
 
 KERNELS: dict[str, OpKernel | None] = {
     "Identity": None,
-    "ShearX": lambda x, m: _shear(x, m, 0),
-    "ShearY": lambda x, m: _shear(x, m, 1),
-    "TranslateX": lambda x, m: _translate(x, m, 0),
-    "TranslateY": lambda x, m: _translate(x, m, 1),
-    "Rotate": _rotate,
+    **{name: _affine_kernel(name) for name in AFFINE_OPS},
     "Brightness": lambda x, m: batch_colour.brightness(x, 1.0 + m),
     "Color": lambda x, m: batch_colour.saturation(x, 1.0 + m),
     "Contrast": lambda x, m: batch_colour.contrast(x, 1.0 + m),
@@ -176,14 +170,55 @@ Plan = list[tuple[torch.Tensor, torch.Tensor]]
 """Per step: each sample's op (an index into :data:`OPS`) and its signed magnitude (float64)."""
 
 
+_AFFINE_INDEX = torch.tensor([AFFINE_OPS.index(name) if name in AFFINE_OPS else -1 for name in OPS])
+
+
 def apply_ops(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """Apply op ``OPS[op[b]]`` with ``magnitude[b]`` to each sample, one call per op drawn."""
+    """Apply op ``OPS[op[b]]`` with ``magnitude[b]`` to each sample: one call per op drawn, and one
+    warp for all the geometric ops (:func:`affine_ops`)."""
+    geometric = _AFFINE_INDEX[op]
+    group = torch.where(geometric >= 0, len(OPS), op)
 
     def kernel(name: str):
         run = KERNELS[name]
-        return None if run is None else lambda group, members: run(group, magnitude[members])
+        return None if run is None or name in AFFINE_OPS else lambda g, members: run(g, magnitude[members])
 
-    return apply_grouped(images, op, [kernel(name) for name in OPS])
+    def warp(g: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        return affine_ops(g, geometric[members], magnitude[members])
+
+    return apply_grouped(images, group, [*(kernel(name) for name in OPS), warp])
+
+
+@functools.lru_cache(maxsize=64)
+def _policy_table(
+    policy: AutoAugmentPolicy, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An AutoAugment policy as ``(2, 25)`` tables (step × sub-policy): op index, probability,
+    unsigned magnitude (0 for ops without one) and whether the op is signed."""
+    steps = [[sub[step] for sub in AUTOAUGMENT_POLICIES[policy]] for step in range(2)]
+    ops = torch.tensor([[OPS.index(name) for name, _, _ in row] for row in steps])
+    probability = torch.tensor([[p for _, p, _ in row] for row in steps], dtype=torch.float64)
+    values = torch.tensor(
+        [
+            [0.0 if b is None else magnitudes(name, 10, height, width)[b] for name, _, b in row]
+            for row in steps
+        ],
+        dtype=torch.float64,
+    )
+    signed = torch.tensor([[name in SIGNED for name, _, _ in row] for row in steps])
+    return ops, probability, values, signed
+
+
+@functools.lru_cache(maxsize=64)
+def _randaugment_table(
+    magnitude: int, bins: int, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RandAugment's ops as tables over :data:`RANDAUGMENT_OPS`: op index, unsigned magnitude at bin
+    ``magnitude``, whether the op is signed."""
+    table = [magnitudes(name, bins, height, width) for name in RANDAUGMENT_OPS]
+    values = torch.tensor([0.0 if m is None else m[magnitude] for m in table], dtype=torch.float64)
+    signed = torch.tensor([name in SIGNED for name in RANDAUGMENT_OPS])
+    return torch.tensor([OPS.index(name) for name in RANDAUGMENT_OPS]), values, signed
 
 
 def _signed(values: torch.Tensor, signed: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -201,20 +236,13 @@ class AutoAugment:
 
     def plan(self, u: torch.Tensor, height: int, width: int) -> Plan:
         """Each sample's two steps drawn from its uniforms; a step that does not apply is Identity."""
-        policy = AUTOAUGMENT_POLICIES[self.policy]
-        chosen = torch.floor(u[:, 0] * len(policy)).to(torch.int64)
+        ops, probability, values, signed = _policy_table(self.policy, height, width)
+        chosen = torch.floor(u[:, 0] * ops.shape[1]).to(torch.int64)
         steps = []
         for step in range(2):
-            rows = [sub[step] for sub in policy]
-            op = torch.tensor([OPS.index(name) for name, _, _ in rows])[chosen]
-            probability = torch.tensor([p for _, p, _ in rows], dtype=torch.float64)[chosen]
-            values = torch.tensor(
-                [0.0 if b is None else magnitudes(name, 10, height, width)[b] for name, _, b in rows],
-                dtype=torch.float64,
-            )[chosen]
-            signed = torch.tensor([name in SIGNED for name, _, _ in rows])[chosen]
-            op = torch.where(u[:, 1 + 2 * step] <= probability, op, OPS.index("Identity"))
-            steps.append((op, _signed(values, signed, u[:, 2 + 2 * step])))
+            applies = u[:, 1 + 2 * step] <= probability[step, chosen]
+            op = torch.where(applies, ops[step, chosen], OPS.index("Identity"))
+            steps.append((op, _signed(values[step, chosen], signed[step, chosen], u[:, 2 + 2 * step])))
         return steps
 
     def __call__(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -238,14 +266,11 @@ class RandAugment:
 
     def plan(self, u: torch.Tensor, height: int, width: int) -> Plan:
         """Each sample's ``num_ops`` ops and signed magnitudes, drawn from its uniforms."""
-        table = [magnitudes(name, self.bins, height, width) for name in RANDAUGMENT_OPS]
-        values = torch.tensor([0.0 if m is None else m[self.magnitude] for m in table], dtype=torch.float64)
-        signed = torch.tensor([name in SIGNED for name in RANDAUGMENT_OPS])
-        op_index = torch.tensor([OPS.index(name) for name in RANDAUGMENT_OPS])
+        ops, values, signed = _randaugment_table(self.magnitude, self.bins, height, width)
         steps = []
         for k in range(self.num_ops):
-            chosen = torch.floor(u[:, 2 * k] * len(RANDAUGMENT_OPS)).to(torch.int64)
-            steps.append((op_index[chosen], _signed(values[chosen], signed[chosen], u[:, 2 * k + 1])))
+            chosen = torch.floor(u[:, 2 * k] * len(ops)).to(torch.int64)
+            steps.append((ops[chosen], _signed(values[chosen], signed[chosen], u[:, 2 * k + 1])))
         return steps
 
     def __call__(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -155,8 +155,10 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
     """
     b, c, h, w = images.shape
     top, left, height, width = boxes.unbind(1)
-    across, across_bits = _filter_weights(left, width, size, w)  # (B, size, W)
-    down, down_bits = _filter_weights(top, height, size, h)  # (B, size, H)
+    # Both axes' matrices in one call: (2B, size, max(H, W)), columns past an axis' length unused.
+    matrices, bits = _filter_weights(torch.cat([left, top]), torch.cat([width, height]), size, max(h, w))
+    across, down = matrices[:b, :, :w], matrices[b:, :, :h]  # (B, size, W), (B, size, H)
+    across_bits, down_bits = bits[:b], bits[b:]
     dtype = _exact_dtype((across, down))
     pixels = images.reshape(b, c * h, w).to(dtype)
     horizontal = torch.matmul(pixels, across.to(dtype).transpose(1, 2))

@@ -14,6 +14,7 @@ normalisation.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -104,6 +105,9 @@ class HorizontalFlip:
 JITTER_KERNELS = (batch_colour.brightness, batch_colour.contrast, batch_colour.saturation)
 """The operations of :class:`ColourJitter`, in the order of its factors."""
 
+_ORDERS = torch.tensor(list(itertools.permutations(range(3))))
+"""The six orders in which :class:`ColourJitter` may apply its three operations."""
+
 
 @dataclass(frozen=True)
 class ColourJitter:
@@ -122,14 +126,18 @@ class ColourJitter:
 
     def __call__(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         factors, order = self.plan(u)
+        # Samples with the same order are transformed together: their three operations in turn.
+        choice = (order[:, None, :] == _ORDERS).all(dim=2).to(torch.int64).argmax(dim=1)
 
-        def op(kernel, column):
-            return lambda group, members: kernel(group, factors[members, column])
+        def run(sequence: tuple[int, ...]):
+            def apply(group: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+                for k in sequence:
+                    group = JITTER_KERNELS[k](group, factors[members, k])
+                return group
 
-        ops = [op(kernel, k) for k, kernel in enumerate(JITTER_KERNELS)]
-        for slot in range(3):
-            images = apply_grouped(images, order[:, slot], ops)
-        return images
+            return apply
+
+        return apply_grouped(images, choice, [run(tuple(seq)) for seq in _ORDERS.tolist()])
 
 
 @dataclass(frozen=True)
