@@ -68,12 +68,12 @@ class SplitMetrics:
         self.ece_bins = ece_bins
         self.iou_threshold = iou_threshold
         self.map_size = map_size
-        self.top5 = top5
         k, c = n_teachers, num_classes
         self._layout: dict[str, tuple[int, ...]] = {
             "n": (),
             "correct": (),
-            "correct_top5": (),
+            # Counted only when asked: the buffer holds what this split measures.
+            **({"correct_top5": ()} if top5 else {}),
             "agree": (),
             "kl": (),
             "agree_probmean": (),
@@ -93,6 +93,11 @@ class SplitMetrics:
         }
         self._state = torch.zeros(sum(math.prod(s) for s in self._layout.values()), dtype=torch.float64)
         self._bind_views()
+
+    @property
+    def top5(self) -> bool:
+        """Whether this split counts the student's top-5 accuracy (``acc_top5``)."""
+        return "correct_top5" in self._layout
 
     def _bind_views(self) -> None:
         """Named views into the flat buffer, so updates write where ``all_reduce`` reads."""
