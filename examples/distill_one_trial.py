@@ -45,8 +45,10 @@ for spec in plan.teachers:
 
 # A run trains every trial of one stream group (same batches, teachers run once per batch);
 # here the group is a single trial. It freezes the teachers, seeds the student from the stream
-# and looks the trial's loss up in LOSSES. Reports are flat "split/metric" -> float dicts
-# (docs/metrics.md): train metrics stream from the training batches, val/val_aug are passes.
+# and builds the trial's loss from LOSSES with the trial's τ and α (once; each batch then calls
+# it). Per batch the teachers run once, then every student steps on their outputs. Reports are
+# flat "split/metric" -> float dicts (docs/metrics.md): train metrics stream from the training
+# batches, val/val_aug are passes.
 trial = plan.trials[0]
 run = DistillationRun(cfg, [trial], datasets, teachers, cpu)
 for epoch in range(1, cfg.student.train.epochs + 1):
