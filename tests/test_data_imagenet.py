@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 from _fake_datasets import label_red, write_image_folder, write_jpeg, write_split_file
+from torchvision.transforms import v2
 
 from kd_ray.config import DatasetConfig
 from kd_ray.data import imagenet
 from kd_ray.data.base import DATASETS
+from kd_ray.data.streams import build_loaders
 from kd_ray.errors import ConfigError, DataError
 
 WNIDS = ["n03000134", "n01440764", "n02102040"]  # deliberately unsorted on disk
@@ -216,3 +218,27 @@ def test_imbalance_and_root_are_config_errors(lt_root: Path, name: str) -> None:
         DATASETS.get(name)(_cfg(name, lt_root, imbalance=10.0))
     with pytest.raises(ConfigError, match="dataset.root: required"):
         DATASETS.get(name)(DatasetConfig(name=name))
+
+
+@pytest.mark.parametrize("aug", ["w", "s"])
+def test_decoded_images_of_different_sizes_are_augmented_as_one_batch(folder_root: Path, aug: str) -> None:
+    """Files decode to different sizes (40×30 and 30×50 here); each is cropped on its own, then the
+    batch is augmented whole, and a sample's pixels do not depend on the batch it is drawn in."""
+    ds = DATASETS.get("imagenet")(_cfg("imagenet", folder_root, image_size=32))
+    assert len({tuple(ds.train[i][0].shape) for i in range(len(ds.train))}) == 2
+    loaders = build_loaders(ds, student_aug=aug, global_batch_size=4, stream_seed=3)
+    loaders.set_epoch(1)
+    first = loaders.train.batch_sampler.global_batches()[0].tolist()
+    x, y = next(iter(loaders.train))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert y.tolist() == [int(ds.train.labels[i]) for i in first]
+    for position, index in enumerate(first):
+        alone, label = loaders.train.dataset[index]
+        assert torch.equal(alone, x[position]) and label == y[position]
+    # Clean validation: the 256 → 224 transform at this size, image by image.
+    clean = v2.Compose(
+        [v2.Resize(37), v2.CenterCrop(32), v2.ToDtype(torch.float32, scale=True),
+         v2.Normalize(list(imagenet.MEAN), list(imagenet.STD))]
+    )  # fmt: skip
+    val = torch.cat([batch for batch, _ in loaders.val])
+    assert torch.equal(val, torch.stack([clean(ds.val[i][0]) for i in range(len(ds.val))]))
