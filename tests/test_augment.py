@@ -11,19 +11,10 @@ from torchvision.transforms import v2
 
 from kd_ray import data
 from kd_ray.config import DatasetConfig
+from kd_ray.data import batch_stages as stages
 from kd_ray.data.augment import AUGMENTATIONS, POLICIES, build_transform
 from kd_ray.data.base import ImageDatasets, TensorImageSource
 from kd_ray.data.batch_autoaugment import AutoAugment, RandAugment
-from kd_ray.data.batch_stages import (
-    AsIs,
-    ColourJitter,
-    Cutout,
-    HorizontalFlip,
-    Normalise,
-    RandomResizedCrop,
-    ResizeCentreCrop,
-    Rotation,
-)
 from kd_ray.data.draws import sample_seeds
 from kd_ray.data.views import VIEWS, strip_bounds
 from kd_ray.errors import ConfigError
@@ -82,7 +73,7 @@ def test_none_only_normalises_small_images(family: str) -> None:
     mean = torch.tensor(ds.mean).view(-1, 1, 1)
     std = torch.tensor(ds.std).view(-1, 1, 1)
     expected = (images.float() / 255 - mean) / std
-    assert _kinds("none", family) == [AsIs, Normalise]
+    assert _kinds("none", family) == [stages.AsIs, stages.Normalise]
     assert torch.allclose(build_transform("none", ds)(images, None), expected, atol=1e-5)
 
 
@@ -90,7 +81,7 @@ def test_none_only_normalises_small_images(family: str) -> None:
 def test_none_is_resize_then_center_crop(family: str) -> None:
     ds = FAKES[family]
     pipeline = build_transform("none", ds)
-    assert pipeline.stages[0] == ResizeCentreCrop(round(NATIVE / 0.875), NATIVE)
+    assert pipeline.stages[0] == stages.ResizeCentreCrop(round(NATIVE / 0.875), NATIVE)
     reference = v2.Compose(
         [v2.Resize(round(NATIVE / 0.875)), v2.CenterCrop(NATIVE), v2.ToDtype(torch.float32, scale=True),
          v2.Normalize(list(ds.mean), list(ds.std))]
@@ -103,22 +94,27 @@ def test_none_is_resize_then_center_crop(family: str) -> None:
 
 def test_digits_never_flip_and_strong_policies_per_family() -> None:
     for aug in ("w", "s"):
-        assert HorizontalFlip not in _kinds(aug, "digits")
+        assert stages.HorizontalFlip not in _kinds(aug, "digits")
         for family in ("cifar", "synthetic", "imagenet", "imagenet_lt"):
-            assert _kinds(aug, family)[:2] == [RandomResizedCrop, HorizontalFlip]
-    assert _kinds("w", "cifar")[2] is ColourJitter and _kinds("w", "imagenet")[2] is ColourJitter
+            assert _kinds(aug, family)[:2] == [stages.RandomResizedCrop, stages.HorizontalFlip]
+    assert (
+        _kinds("w", "cifar")[2] is stages.ColourJitter and _kinds("w", "imagenet")[2] is stages.ColourJitter
+    )
     assert build_transform("w", FAKES["cifar"]).stages[2].strength == 0.2
     assert build_transform("w", FAKES["imagenet"]).stages[2].strength == 0.4
-    assert build_transform("w", FAKES["digits"]).stages[1] == Rotation(10.0)
-    assert _kinds("w", "synthetic")[2] is Rotation
+    assert build_transform("w", FAKES["digits"]).stages[1] == stages.Rotation(10.0)
+    assert _kinds("w", "synthetic")[2] is stages.Rotation
     assert build_transform("s", FAKES["cifar"]).stages[2] == AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
     assert build_transform("s", FAKES["digits"]).stages[1] == AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
     assert build_transform("s", FAKES["imagenet"]).stages[2] == AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
     assert build_transform("s", FAKES["imagenet_lt"]).stages[2] == RandAugment(num_ops=2, magnitude=9)
     for family in ("cifar", "digits", "synthetic"):
-        assert _kinds("s", family)[-2:] == [Normalise, Cutout]  # Cutout after normalising
+        assert _kinds("s", family)[-2:] == [
+            stages.Normalise,
+            stages.Cutout,
+        ]  # Cutout after normalising
     for family in ("imagenet", "imagenet_lt"):
-        assert Cutout not in _kinds("s", family)
+        assert stages.Cutout not in _kinds("s", family)
     crops = {f: build_transform("w", FAKES[f]).stages[0] for f in POLICIES}
     assert (crops["cifar"].scale, crops["digits"].scale, crops["imagenet"].scale) == (
         (0.5, 1),
