@@ -6,8 +6,9 @@ on every sample, with the factor a ``(B,)`` tensor instead of a Python float: th
 arithmetic in the same order, including the fused multiply-add of torchvision's blends
 (``add_(..., alpha=...)``, reproduced by ``addcmul``), then the same truncation to uint8 (the
 sharpness smoothing is an exact integer sum, see :func:`sharpness`). Each sample is computed on
-its own (per-sample means and sums), so its output does not depend on the rest of the batch. Operations without a parameter (autocontrast, equalize, invert)
-are torchvision's own kernels, which already work image by image on a batch.
+its own (per-sample means and sums), so its output does not depend on the rest of the batch.
+Operations without a parameter (autocontrast, equalize, invert) are torchvision's own kernels,
+which already work image by image on a batch.
 """
 
 from __future__ import annotations

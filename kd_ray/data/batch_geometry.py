@@ -39,7 +39,6 @@ def random_resized_crop_boxes(
     ratio nearest the image's. ``u`` holds ``2 · attempts + 2`` uniforms per sample (area and ratio
     of each try, then the row and column of the placement); ``heights``/``widths`` are each image's.
     """
-    n = len(u)
     h_img = heights.to(torch.float64)
     w_img = widths.to(torch.float64)
     area = (h_img * w_img)[:, None]
@@ -61,9 +60,7 @@ def random_resized_crop_boxes(
         w = torch.where(found, w, fb_w)
         top = torch.where(found, top, torch.div(h_img - fb_h, 2, rounding_mode="floor"))
         left = torch.where(found, left, torch.div(w_img - fb_w, 2, rounding_mode="floor"))
-    boxes = torch.stack([top, left, h, w], dim=1).to(torch.int64)
-    assert boxes.shape == (n, 4)
-    return boxes
+    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
 
 
 def _central_fallback(
