@@ -48,11 +48,11 @@ def train_teacher(task: tuple[dict[str, Any], dict[str, Any], str]) -> dict[str,
     from kd_ray.data import DATASETS
     from kd_ray.plan import TeacherSpec
     from kd_ray.train.checkpoint import save_file, teacher_state
-    from kd_ray.train.teacher import TeacherRun, dataset_config
+    from kd_ray.train.teacher import TeacherRun
 
     cfg, runtime = _setup(cfg_dict)
     spec = TeacherSpec(**spec_dict)
-    dcfg = dataset_config(cfg, spec.dataset)
+    dcfg = cfg.dataset(spec.dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
     run = TeacherRun(cfg, spec, datasets, runtime)
     report: dict[str, float] = {}
@@ -81,11 +81,10 @@ def train_group(task: tuple[dict[str, Any], list[dict[str, Any]], str]) -> dict[
     from kd_ray.plan import StudentTrial, plan_sweep
     from kd_ray.train.checkpoint import load_file, load_teacher_weights
     from kd_ray.train.distill import DistillationRun
-    from kd_ray.train.teacher import dataset_config
 
     cfg, runtime = _setup(cfg_dict)
     trials = [StudentTrial.from_dict(d) for d in trial_dicts]
-    dcfg = dataset_config(cfg, trials[0].dataset)
+    dcfg = cfg.dataset(trials[0].dataset)
     datasets = DATASETS.get(dcfg.name)(dcfg)
     plan = plan_sweep(cfg, check_names=False)
     teachers = {}

@@ -126,7 +126,7 @@ def measure(
     runtime = Runtime(device, bf16=amp, channels_last=channels_last)
     teachers, student = _models(args, runtime)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = LOSSES.get(args.loss)
+    loss_fn = LOSSES.get(args.loss)(temperature=10.0, alpha=0.2)
     generator = torch.Generator().manual_seed(0)
     x_cpu = torch.randn(args.batch, 3, args.size, args.size, generator=generator)
     y_cpu = torch.randint(0, args.num_classes, (args.batch,), generator=generator)
@@ -150,7 +150,7 @@ def measure(
                     t_maps.append(cap.maps(logits, y))
             with runtime.autocast():
                 s_logits = student(x).float()
-            loss = loss_fn(s_logits, t_logits, y, temperature=10.0, alpha=0.2)
+            loss = loss_fn(s_logits, t_logits, y)
             if not math.isfinite(loss.item()):
                 raise RuntimeError(f"loss became {loss.item()}")
             optimizer.zero_grad(set_to_none=True)

@@ -735,7 +735,7 @@ def section_metrics(mode: str) -> Section:
     ]
     student = create_model(s["student_arch"], **make).train()
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = LOSSES.get("kd")
+    loss_fn = LOSSES.get("kd")(temperature=10.0, alpha=0.2)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(s["batch"], 3, s["size"], s["size"], generator=g)
     y = torch.randint(0, s["num_classes"], (s["batch"],), generator=g)
@@ -755,7 +755,7 @@ def section_metrics(mode: str) -> Section:
                         if on:
                             t_maps.append(t_caps[i].maps(logits, y))
                 s_logits = student(x).float()
-                loss = loss_fn(s_logits, t_logits, y, temperature=10.0, alpha=0.2)
+                loss = loss_fn(s_logits, t_logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -374,7 +374,7 @@ def trial_fingerprint_content(cfg: SweepConfig, trial: StudentTrial) -> dict[str
     what it was before trials carried them, so existing checkpoints still resume. A training
     checkpoint carries this, so one made under other settings is never resumed.
     """
-    dataset = next(d for d in cfg.datasets if d.key == trial.dataset)
+    dataset = cfg.dataset(trial.dataset)
     own = {k: v for k, v in trial.__dict__.items() if k not in _KD_TRIAL_FIELDS}
     student = cfg.student.model_copy(update={"train": cfg.student.train.model_copy(update={"lr": trial.lr})})
     distill = cfg.distill.model_copy(update={"temperature": trial.temperature, "alpha": trial.alpha})

@@ -156,7 +156,7 @@ def test_kd_step_under_bf16_is_finite_and_close_to_fp32(device: str) -> None:
                 t_logits = [t(x).float() for t in teachers]
             with runtime.autocast():
                 s_logits = model(x).float()
-            loss = LOSSES.get("kd")(s_logits, t_logits, y, temperature=10.0, alpha=0.2)
+            loss = LOSSES.get("kd")(temperature=10.0, alpha=0.2)(s_logits, t_logits, y)
             loss.backward()
             results[bf16] = loss.item(), s_logits.detach(), _grads(model)
     (loss32, logits32, grad32), (loss16, logits16, grad16) = results[False], results[True]

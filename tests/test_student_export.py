@@ -206,9 +206,8 @@ def _val_metrics(model: torch.nn.Module, cfg, row) -> tuple[float, float]:
     from kd_ray.data.streams import build_loaders
     from kd_ray.metrics.functional import entropy_per_sample
     from kd_ray.seeding import stream_seed
-    from kd_ray.train.teacher import dataset_config
 
-    dcfg = dataset_config(cfg, row["dataset"])
+    dcfg = cfg.dataset(row["dataset"])
     datasets = DATASETS.get(dcfg.name)(dcfg)
     loaders = build_loaders(
         datasets,

@@ -85,7 +85,7 @@ def check_datasets(cfg: SweepConfig) -> None:
 
 
 def _dataset_of(cfg: SweepConfig, key: str) -> DatasetConfig:
-    return next(d for d in cfg.datasets if d.key == key)
+    return cfg.dataset(key)
 
 
 def _teacher_model(cfg: SweepConfig, dataset: DatasetConfig, *, pretrained: bool | str = False):

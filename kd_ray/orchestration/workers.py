@@ -318,6 +318,7 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
             "epochs": cfg.teacher.train.epochs,
             "train_acc": report.get("train/acc"),
             "val_acc": report.get("val/acc"),
+            "val_acc_top5": report.get("val/acc_top5"),  # ImageNet family only (docs/metrics.md#acc_top5)
             "wall_s": time.perf_counter() - started,  # this attempt only, after a resume
         }
         TeacherStore(Storage.open(config["teacher_store"])).save(
