@@ -96,24 +96,27 @@ class Correlation:
         return f"stratified Spearman {self.label(x, y)}, expected {sign}"
 
 
-def _difference_label(part: Paired | Equivalent) -> str:
-    """``Δmetric (treated − control)``: the paired difference a part tests."""
-    return f"Δ{part.metric} ({part.treated} − {part.control})"
-
-
 @dataclass(frozen=True, kw_only=True)
-class Paired:
-    """A claim part: switching ``factor`` from ``control`` to ``treated`` moves ``metric`` by ``sign``."""
+class _Switch:
+    """What a paired part varies: ``factor`` switched from ``control`` to ``treated`` within each
+    pair, ``metric`` compared; only strata with at least ``min_teachers`` teachers take part."""
 
     metric: str
     factor: str
     control: str
     treated: str
-    sign: int
     min_teachers: int = 1
 
     def label(self) -> str:
-        return _difference_label(self)
+        """``Δmetric (treated − control)``: the paired difference the part tests."""
+        return f"Δ{self.metric} ({self.treated} − {self.control})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Paired(_Switch):
+    """A claim part: switching ``factor`` from ``control`` to ``treated`` moves ``metric`` by ``sign``."""
+
+    sign: int
 
     def describe(self) -> str:
         direction = "lower" if self.sign < 0 else "higher"
@@ -121,19 +124,11 @@ class Paired:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Equivalent:
+class Equivalent(_Switch):
     """A claim part: switching ``factor`` leaves ``metric`` within ±``margin`` (TOST)."""
 
-    metric: str
-    factor: str
-    control: str
-    treated: str
     margin: float
-    min_teachers: int = 1
     sign: int = 0  # no direction: a part's sign of 0 marks it as an equivalence
-
-    def label(self) -> str:
-        return _difference_label(self)
 
     def describe(self) -> str:
         return f"TOST (two one-sided Wilcoxon), Hodges-Lehmann {self.label()} within ±{self.margin:g}"
