@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +13,16 @@ from torchvision.transforms import v2
 
 from kd_ray import data
 from kd_ray.config import DatasetConfig
+from kd_ray.data import augment
 from kd_ray.data import batch_stages as stages
 from kd_ray.data.augment import AUGMENTATIONS, POLICIES, build_transform
 from kd_ray.data.base import ImageDatasets, TensorImageSource
 from kd_ray.data.batch_autoaugment import AutoAugment, RandAugment
+from kd_ray.data.batch_pipeline import BatchPipeline, BatchTransform, PerSampleTransform
 from kd_ray.data.draws import sample_seeds
 from kd_ray.data.views import VIEWS, strip_bounds
 from kd_ray.errors import ConfigError
+from kd_ray.registry import Registry
 
 NATIVE = 24  # small, so the ImageNet policies run fast
 
@@ -46,13 +51,11 @@ def _kinds(aug: str, family: str) -> list[type]:
     return [type(stage) for stage in build_transform(aug, FAKES[family]).stages]
 
 
-@pytest.mark.parametrize("aug", AUGMENTATIONS.names())
-@pytest.mark.parametrize("family", sorted(POLICIES))
-def test_shape_dtype_determinism_and_batch_independence(family: str, aug: str) -> None:
-    ds = FAKES[family]
-    transform = build_transform(aug, ds)
+def _check_contract(transform: BatchTransform, ds: ImageDatasets, *, random: bool) -> torch.Tensor:
+    """The contract of every augmentation: float32 ``(B, C, S, S)``, finite, a function of each
+    sample's image and seed alone (docs/experiments.md#paired-randomness). Returns the batch."""
     images = _batch(ds)
-    seeds = None if aug == "none" else sample_seeds(5, 0, range(6))
+    seeds = sample_seeds(5, 0, range(6)) if random else None
     first = transform(images, seeds)
     size = ds.native_size
     assert first.dtype == torch.float32 and tuple(first.shape) == (6, ds.channels, size, size)
@@ -61,9 +64,74 @@ def test_shape_dtype_determinism_and_batch_independence(family: str, aug: str) -
     # A sample's pixels depend on its image and seed only, not on the rest of its batch.
     assert torch.equal(transform(images[2:3], None if seeds is None else seeds[2:3])[0], first[2])
     assert torch.equal(transform(list(images), seeds), first)
-    if aug != "none":
+    if random:
+        order = [4, 1, 5, 0, 3]
+        assert torch.equal(transform(images[order], [seeds[i] for i in order]), first[order])
         draws = {transform(images[:1], sample_seeds(5, epoch, [0])).numpy().tobytes() for epoch in range(8)}
         assert len(draws) > 1
+    return first
+
+
+@pytest.mark.parametrize("aug", AUGMENTATIONS.names())
+@pytest.mark.parametrize("family", sorted(POLICIES))
+def test_shape_dtype_determinism_and_batch_independence(family: str, aug: str) -> None:
+    _check_contract(build_transform(aug, FAKES[family]), FAKES[family], random=aug != "none")
+
+
+def _docs_example(heading: str) -> str:
+    """The first python code block under ``heading`` in docs/extending.md."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+@pytest.fixture
+def registry_copy(monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """A copy of ``AUGMENTATIONS`` that ``build_transform`` reads during the test, so what a test
+    registers never reaches the real registry (and the tests parametrised over it)."""
+    copy: Registry = Registry("augmentation")
+    for name in AUGMENTATIONS:
+        copy.register(name)(AUGMENTATIONS.get(name))
+    monkeypatch.setattr(augment, "AUGMENTATIONS", copy)
+    return copy
+
+
+@pytest.mark.parametrize("family", sorted(POLICIES))
+def test_the_augmentation_of_docs_extending(family: str, registry_copy: Registry) -> None:
+    """The example of docs/extending.md#add-an-augmentation, run as written there (in augment.py's
+    namespace, registering into a copy of the registry): it keeps the contract and paired
+    randomness, and its new stage reads only its own columns, so the geometry stages before it
+    draw what they draw in ``w``."""
+    namespace = dict(vars(augment), AUGMENTATIONS=registry_copy)
+    exec(compile(_docs_example("## Add an augmentation"), "docs/extending.md", "exec"), namespace)
+    assert "m" in registry_copy and "m" not in AUGMENTATIONS
+    ds = FAKES[family]
+    pipeline = build_transform("m", ds)
+    assert isinstance(pipeline, BatchPipeline)
+    assert isinstance(pipeline.stages[-2], namespace["RandomSolarize"])
+    out = _check_contract(pipeline, ds, random=True)
+    if family == "cifar":  # random bright images: some samples solarized, some not
+        without = BatchPipeline([*pipeline.stages[:-2], pipeline.stages[-1]])
+        plain = without(_batch(ds), sample_seeds(5, 0, range(6)))
+        same = [torch.equal(a, b) for a, b in zip(out, plain, strict=True)]
+        assert any(same) and not all(same)
+
+
+def test_a_per_image_transform_runs_seeded_image_by_image(registry_copy: Registry) -> None:
+    """docs/extending.md#add-an-augmentation's slow path: a factory returning a per-image transform
+    is wrapped by build_transform and keeps the contract."""
+
+    @registry_copy.register("per_image")
+    def per_image(datasets: ImageDatasets) -> v2.Compose:
+        size = datasets.native_size
+        return v2.Compose(
+            [v2.RandomResizedCrop(size, antialias=True), v2.ToDtype(torch.float32, scale=True),
+             v2.Normalize(list(datasets.mean), list(datasets.std))]
+        )  # fmt: skip
+
+    transform = build_transform("per_image", FAKES["cifar"])
+    assert isinstance(transform, PerSampleTransform)
+    _check_contract(transform, FAKES["cifar"], random=True)
 
 
 @pytest.mark.parametrize("family", ["cifar", "digits", "synthetic"])
