@@ -17,7 +17,7 @@ Public API:
 * ``plan_cohorts(plan, cfg, slots, *, cost=None, tolerance=0.02, trials=None, teachers=None)
   -> CohortPlan``. :class:`CohortPlan`: ``runs`` (:class:`CohortRun`: ``stream``, ``trials``,
   ``flops``, ``seconds``, ``teacher_forwards``, ``slot``, ``start_s``), ``makespan_s``,
-  ``lower_bound_s`` (with its parts ``total_work_s`` and ``largest_unit_s``), ``work_s``,
+  ``lower_bound_s`` (with its parts ``total_work_s``, ``largest_unit_s``, ``cut_bound_s``), ``work_s``,
   ``slot_hours``, ``gpu_hours``, ``busy``, ``gap``, ``teacher_forwards`` (per image, all runs),
   ``saving`` and ``baseline_*`` (one run per trial), ``teacher_*`` (the teacher phase, which runs
   first), ``override`` (``resources.trials_per_run`` when it decided), ``describe() -> list[str]``
@@ -30,7 +30,8 @@ Public API:
   ``dataset_facts(dataset_cfg) -> DatasetFacts``, ``default_seconds_per_flop(cfg)``.
 * ``slots_for(cfg, *, gpus=None, cpus=None) -> int``; ``lpt_schedule(durations, slots) ->
   (makespan, [(slot, start), ...])``; ``split_stream(trials, m, cost)``;
-  ``teacher_inputs(trials) -> frozenset`` (the teacher forwards per image of one run).
+  ``teacher_inputs(trials) -> frozenset`` (the teacher forwards per image of one run);
+  ``cut_lower_bound(streams, slots, cost, floor_s, ceiling_s) -> float``.
 
 **Cost model** (docs/cohorts.md). A run trains the students of one stream together
 (``kd_ray.train.distill``): per image, each distinct teacher *input* runs once -- one forward per
@@ -46,23 +47,26 @@ to start a run. A teacher's run costs ``E_teacher·(3·N_train + N_val)·F_teach
 
 **Splitting rule.** Students of one stream that see the same teacher inputs form a *unit*. Three
 kinds of candidate plans are scheduled longest-first (:func:`lpt_schedule`) onto the slots:
-(1) each stream cut into ``m`` cost-balanced chunks (:func:`split_stream`: units, largest first,
-each into the chunk it makes least costly, so a unit joins a chunk already running its
-teachers unless that unbalances the chunks; then moves of units and of single students off the
-costliest chunk), starting from ``m = 1`` and cutting the stream of the costliest run one chunk
-finer at a time until that run is one student or cutting only adds work; (2) units placed
-straight onto slots, one run per (slot, stream), which balances uneven cuts such as 2 streams on
-5 slots; (3) one run per trial. Of the candidates whose makespan is within ``tolerance`` of the
-best, the one of least work (fewest repeated teacher passes) is kept. ``resources.trials_per_run``,
-when set, decides instead: each stream is cut in plan order into runs of at most that many
-students (:func:`kd_ray.plan.stream_groups`), as the sweep always did.
+(1) each stream cut into ``m`` chunks, starting from ``m = 1`` and cutting the stream of the
+costliest run one chunk finer at a time until that run is one student or cutting only adds work.
+A stream's ``m`` chunks are the better of a greedy cut balanced by cost (:func:`split_stream`:
+units, largest first, each into the chunk it makes least costly, then moves off the costliest
+chunk) and the exact one (:func:`_exact_split`: the integer program below, solved for the
+shortest longest run, then for the least work at that length); (2) units placed straight onto
+slots, one run per (slot, stream), which balances uneven cuts such as 2 streams on 5 slots; (3)
+one run per trial. Of the candidates whose makespan is within ``tolerance`` of the best, the one
+of least work (fewest repeated teacher passes) is kept. ``resources.trials_per_run``, when set,
+decides instead: each stream is cut in plan order into runs of at most that many students
+(:func:`kd_ray.plan.stream_groups`), as the sweep always did.
 
-**Lower bound.** No plan beats ``max(W / slots, w_max)``: ``W`` is the work of one run per stream
-(a cut only repeats teacher passes) and ``w_max`` the costliest single student in a run of its
-own (its teacher passes included). The bound does not count the teacher passes a cut must repeat,
-so where many slots share few streams no plan reaches it: on ``experiments/cifar100.yaml`` with 8
-slots the plan is 4 runs of 7 students per stream, each with 4 teacher inputs, +28% over the
-bound, and every slot busy to the end (``busy`` = 100%).
+**Lower bound** (docs/cohorts.md#lower-bound, with the proof). No plan beats ``W / slots`` (``W``:
+one run per stream, the least work) nor ``w_max`` (the costliest single student). Those ignore
+the teacher passes that cutting a stream repeats; :func:`cut_lower_bound` counts them: the least
+``T`` for which the least work of cutting every stream into runs of at most ``T`` fits in
+``slots·T``. That least work is an integer program over run *types* (the set of teacher inputs
+a run holds); the bound uses its linear relaxation. On ``experiments/cifar100.yaml`` with 8 slots
+it proves the plan (4 runs of 7 students per stream, 4 teacher inputs each) optimal, where
+``W / slots`` is 28% lower.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ import functools
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from kd_ray.config import DatasetConfig, SweepConfig
 from kd_ray.errors import ConfigError
@@ -415,6 +421,378 @@ def _improve(chunks: list[_Chunk], infos: list, rounds: int = 200) -> None:
         where[id(piece)] = other
 
 
+# --- Cuts as an integer program -----------------------------------------------------------------
+#
+# docs/cohorts.md#lower-bound. A run's cost depends only on its *type* -- the set of teacher
+# inputs it runs -- and on how many students it trains, so the cuts of one stream into runs of at
+# most T seconds are counted by type: x_S runs of type S, y_uS students of unit u in them. The
+# least work of such a cut is an integer program; the planner solves it for its exact cuts and
+# the lower bound takes its linear relaxation, which is quick and never above it.
+
+# Types are the unions of units' teacher inputs. Past this many the program is not built: the
+# planner keeps its greedy cuts, and the bound leaves the rarest teacher inputs out until the
+# types fit (a relaxation: docs/cohorts.md#lower-bound).
+MAX_RUN_TYPES = 400
+# The planner's exact cuts search many run lengths, each an integer program: they stop sooner.
+MAX_EXACT_RUN_TYPES = 200
+# A safety net for the planner's integer programs on pathological inputs (the paper's grids solve
+# in milliseconds): one cut short finds no exact cut, and the greedy one stays.
+_SOLVER_TIME_LIMIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One stream as the integer program sees it.
+
+    ``needs[u]``: the teacher inputs (numbered by first appearance) of unit ``u``, which has
+    ``sizes[u]`` students; ``a``, ``b``, ``o``: seconds of one teacher input, of one student and
+    of starting a run; ``dropped``: teacher inputs left out of ``needs`` by a projection (each
+    still runs at least once, so the bound adds ``dropped·a``).
+    """
+
+    needs: tuple[frozenset[int], ...]
+    sizes: tuple[int, ...]
+    a: float
+    b: float
+    o: float
+    dropped: int = 0
+
+    @property
+    def students(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def inputs(self) -> int:
+        return len(frozenset().union(*self.needs)) + self.dropped
+
+    def least_work(self) -> float:
+        """Seconds of one run for the whole stream: no cut does less work."""
+        return self.o + self.inputs * self.a + self.students * self.b
+
+    def breakpoints(self) -> set[float]:
+        """Run lengths where a type's capacity changes: ``o + K·a + c·b``."""
+        return {
+            self.o + k * self.a + c * self.b
+            for k in range(self.inputs + 1)
+            for c in range(1, self.students + 1)
+        }
+
+
+def _shape(trials: Sequence[StudentTrial], cost: CostModel) -> tuple[_Shape, list[list[StudentTrial]]]:
+    """The shape of one stream and its units (in plan order, as ``needs`` numbers them)."""
+    units = _units(trials)
+    number: dict[tuple, int] = {}
+    needs = []
+    for unit in units:
+        keys = sorted(teacher_inputs(unit), key=repr)
+        for k in keys:
+            number.setdefault(k, len(number))
+        needs.append(frozenset(number[k] for k in keys))
+    dataset = trials[0].dataset
+    spf = cost.seconds_per_flop
+    shape = _Shape(
+        tuple(needs),
+        tuple(len(u) for u in units),
+        cost.key_flops[dataset] * spf,
+        cost.student_flops[dataset] * spf,
+        cost.run_overhead_s,
+    )
+    return shape, units
+
+
+def _run_types(
+    needs: Sequence[frozenset[int]], most_inputs: int, limit: int
+) -> tuple[frozenset[int], ...] | None:
+    """Unions of ``needs`` of at most ``most_inputs`` inputs, or None past ``limit`` of them.
+
+    Any run's teacher inputs are the union of its units' needs, reached one unit at a time
+    through unions no larger than it.
+    """
+    distinct = sorted(set(needs), key=sorted)
+    found = {s for s in distinct if len(s) <= most_inputs}
+    frontier = sorted(found, key=sorted)
+    while frontier:
+        grown = []
+        for s in frontier:
+            for need in distinct:
+                union = s | need
+                if union not in found and len(union) <= most_inputs:
+                    found.add(union)
+                    grown.append(union)
+                    if len(found) > limit:
+                        return None
+        frontier = grown
+    return tuple(sorted(found, key=lambda s: (len(s), sorted(s))))
+
+
+def _most_inputs(shape: _Shape, longest_s: float) -> int:
+    """The most teacher inputs a run of one student can hold within ``longest_s``."""
+    if shape.a <= 0:
+        return shape.inputs
+    return max(0, min(shape.inputs, int((longest_s - shape.o - shape.b) / shape.a * (1 + 1e-9) + 1e-9)))
+
+
+class _CutProgram:
+    """The integer program of one stream's cuts into runs of at most T seconds (module section)."""
+
+    def __init__(self, shape: _Shape, types: tuple[frozenset[int], ...]) -> None:
+        self.shape, self.types = shape, types
+        self.type_inputs = np.array([len(t) for t in types], dtype=float)
+        pairs = [(u, j) for j, t in enumerate(types) for u, need in enumerate(shape.needs) if need <= t]
+        self.pair_unit = np.array([u for u, _ in pairs], dtype=int)
+        self.pair_type = np.array([j for _, j in pairs], dtype=int)
+        self.sizes = np.array(shape.sizes, dtype=float)
+
+    def capacities(self, longest_s: float) -> np.ndarray:
+        """Students a run of each type can train within ``longest_s`` (rounded up at a hair's
+        breadth: a capacity too large only weakens the bound)."""
+        s = self.shape
+        room = longest_s - s.o - self.type_inputs * s.a
+        if s.b <= 0:
+            return np.where(room >= 0, s.students, 0)
+        caps = np.floor(room / s.b * (1 + 1e-9) + 1e-9)
+        return np.clip(caps, 0, s.students).astype(int)
+
+    def _problem(self, longest_s: float, max_runs: int | None):
+        """The program at ``longest_s`` as arrays for ``scipy.optimize.milp``; None when a unit
+        fits in no run that short. Columns: ``x_S`` of the types with room for a student, then
+        ``y_uS`` of the units they fit."""
+        from scipy.optimize import Bounds, LinearConstraint
+        from scipy.sparse import csr_matrix
+
+        s = self.shape
+        caps = self.capacities(longest_s)
+        live = caps >= 1
+        keep = live[self.pair_type]
+        p_unit, p_type = self.pair_unit[keep], self.pair_type[keep]
+        if len(set(p_unit.tolist())) < len(s.sizes):
+            return None
+        column = np.cumsum(live) - 1  # type index → its x column
+        types = np.flatnonzero(live)
+        nx, ny, units = len(types), len(p_unit), len(s.sizes)
+        ys, xs = nx + np.arange(ny), column[p_type]
+        entries = [
+            (p_unit, ys, np.ones(ny)),  # each unit's students all placed ...
+            (units + np.arange(nx), np.arange(nx), -caps[types]),  # ... within its runs' room ...
+            (units + xs, ys, np.ones(ny)),
+            (units + nx + np.arange(ny), ys, np.ones(ny)),  # ... and only where such a run exists
+            (units + nx + np.arange(ny), xs, -self.sizes[p_unit]),
+        ]
+        lo = np.concatenate([self.sizes, np.full(nx + ny, -np.inf)])
+        hi = np.concatenate([self.sizes, np.zeros(nx + ny)])
+        if max_runs is not None:
+            entries.append((np.full(nx, units + nx + ny), np.arange(nx), np.ones(nx)))
+            lo, hi = np.append(lo, 0), np.append(hi, max_runs)
+        rows, cols, vals = (
+            np.concatenate([np.asarray(e[i], dtype=float) for e in entries]) for i in range(3)
+        )
+        matrix = csr_matrix((vals, (rows.astype(int), cols.astype(int))), shape=(len(lo), nx + ny))
+        scale = max(longest_s, 1e-9)  # objective in run lengths: coefficients near 1
+        objective = np.concatenate([(s.o + self.type_inputs[types] * s.a) / scale, np.zeros(ny)])
+        upper = np.concatenate([np.full(nx, float(max_runs or s.students)), self.sizes[p_unit]])
+        return {
+            "c": objective,
+            "bounds": Bounds(0, upper),
+            "constraints": LinearConstraint(matrix, lo, hi),
+            "scale": scale,
+            "layout": (nx, types, p_unit, p_type, column),
+        }
+
+    def least_work(self, longest_s: float) -> float:
+        """A lower bound on the least work (seconds) of a cut into runs of at most ``longest_s``:
+        the linear relaxation's optimum, ``inf`` when no cut exists."""
+        from scipy.optimize import milp
+
+        s = self.shape
+        problem = self._problem(longest_s, None)
+        if problem is None:
+            return float("inf")
+        res = milp(problem["c"], bounds=problem["bounds"], constraints=problem["constraints"])
+        if res.status == 2:
+            return float("inf")
+        if res.status != 0:
+            return s.least_work()  # nothing proved: one run's work always holds
+        # The solver's tolerances are about 1e-7 of a run length: stay below them.
+        relaxed = (res.fun - 1e-6) * problem["scale"] + s.students * s.b + s.dropped * s.a
+        return max(s.least_work(), relaxed)
+
+    def cut(self, longest_s: float, max_runs: int, *, least_work: bool) -> list[list[int]] | None:
+        """A cut into at most ``max_runs`` runs of at most ``longest_s`` (per run, the unit of
+        each student), or None if the solver finds none; with ``least_work``, one of least work,
+        else the first found (a feasibility test)."""
+        from scipy.optimize import milp
+
+        problem = self._problem(longest_s, max_runs)
+        if problem is None:
+            return None
+        c = problem["c"] if least_work else np.zeros_like(problem["c"])
+        relaxed = milp(c, bounds=problem["bounds"], constraints=problem["constraints"])
+        if relaxed.status == 2:
+            return None  # not even a fractional cut: no integer one (and the relaxation is quick)
+        res = milp(
+            c,
+            integrality=np.ones_like(c),
+            bounds=problem["bounds"],
+            constraints=problem["constraints"],
+            options={"time_limit": _SOLVER_TIME_LIMIT_S, "mip_rel_gap": 1e-3},
+        )
+        if res.x is None:
+            return None
+        return self._runs(np.round(res.x).astype(int), *problem["layout"])
+
+    def _runs(self, x, nx, types, p_unit, p_type, column) -> list[list[int]] | None:
+        """Runs of a solution: per type, its students split into its ``x_S`` runs near-evenly,
+        unit by unit (a unit split in two still fits the type)."""
+        y = x[nx:]
+        placed = np.zeros(len(self.sizes), dtype=int)
+        np.add.at(placed, p_unit, y)
+        if not np.array_equal(placed, self.sizes.astype(int)):
+            return None
+        runs = []
+        for col, _ in enumerate(types):
+            students = [
+                u
+                for u, n in zip(p_unit[column[p_type] == col], y[column[p_type] == col], strict=True)
+                for _ in range(n)
+            ]
+            count = min(int(x[col]), len(students))
+            for i in range(count):
+                part = students[i * len(students) // count : (i + 1) * len(students) // count]
+                if part:
+                    runs.append(part)
+        return runs
+
+
+@functools.lru_cache(maxsize=256)
+def _program(shape: _Shape, most_inputs: int, limit: int) -> _CutProgram | None:
+    types = _run_types(shape.needs, most_inputs, limit)
+    return None if types is None else _CutProgram(shape, types)
+
+
+def _projected(shape: _Shape, most_inputs: int) -> _CutProgram:
+    """The program of ``shape`` with the rarest teacher inputs left out until its types fit.
+
+    Leaving inputs out only lowers each run's cost, and each left-out input still runs at least
+    once (``dropped``): a relaxation, whose least work never exceeds the stream's.
+    """
+    program = _program(shape, most_inputs, MAX_RUN_TYPES)
+    if program is not None:
+        return program
+    users: dict[int, int] = {}
+    for need, size in zip(shape.needs, shape.sizes, strict=True):
+        for k in need:
+            users[k] = users.get(k, 0) + size
+    ranked = sorted(users, key=lambda k: (-users[k], k))
+    for kept in range(len(ranked) - 1, -1, -1):
+        keep = frozenset(ranked[:kept])
+        merged: dict[frozenset[int], int] = {}
+        for need, size in zip(shape.needs, shape.sizes, strict=True):
+            merged[need & keep] = merged.get(need & keep, 0) + size
+        smaller = _Shape(
+            tuple(merged),
+            tuple(merged.values()),
+            shape.a,
+            shape.b,
+            shape.o,
+            shape.dropped + len(ranked) - kept,
+        )
+        program = _program(smaller, most_inputs, MAX_RUN_TYPES)
+        if program is not None:
+            return program
+    raise AssertionError("a shape without teacher inputs has one run type")
+
+
+# --- Exact cuts and the lower bound ------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def _exact_cut(shape: _Shape, m: int, longest_s: float) -> tuple[tuple[int, ...], ...] | None:
+    """:func:`_exact_split` on a shape: per run, the unit of each student; cached, so streams of
+    one shape (the same grid on another augmentation or seed) are solved once."""
+    program = _program(shape, _most_inputs(shape, longest_s), MAX_EXACT_RUN_TYPES)
+    if program is None:
+        return None
+    largest = max(shape.o + len(need) * shape.a + shape.b for need in shape.needs)
+    floor = max(shape.least_work() / m, largest)
+    points = sorted(t for t in shape.breakpoints() if floor * (1 - 1e-12) <= t < longest_s * (1 - 1e-9))
+    # Where the greedy cut is best already, one test just below it says so.
+    if not points or program.cut(points[-1], m, least_work=False) is None:
+        return None
+    shortest, lo, hi = points[-1], 0, len(points) - 2
+    while lo <= hi:  # the shortest run length that admits a cut into m runs
+        mid = (lo + hi) // 2
+        if program.cut(points[mid], m, least_work=False) is None:
+            lo = mid + 1
+        else:
+            shortest, hi = points[mid], mid - 1
+    best = program.cut(shortest, m, least_work=True)
+    return None if best is None else tuple(tuple(run) for run in best)
+
+
+def _exact_split(
+    trials: Sequence[StudentTrial], m: int, cost: CostModel, longest_s: float
+) -> list[tuple[StudentTrial, ...]] | None:
+    """The cut of ``trials`` into at most ``m`` runs with the shortest longest run, if that is
+    shorter than ``longest_s`` (else None); among those, one of least work.
+
+    The integer program is solved at the run lengths where a capacity changes (``o + K·a + c·b``),
+    searching for the shortest that admits a cut. None too where the stream has more run types
+    than :data:`MAX_EXACT_RUN_TYPES`.
+    """
+    shape, units = _shape(trials, cost)
+    cut = _exact_cut(shape, max(1, min(m, len(trials))), longest_s)
+    if cut is None:
+        return None
+    left = [list(u) for u in units]
+    order = {t.trial_id: i for i, t in enumerate(trials)}
+    runs = [tuple(sorted((left[u].pop(0) for u in run), key=lambda t: order[t.trial_id])) for run in cut]
+    return sorted(runs, key=lambda r: order[r[0].trial_id])
+
+
+def cut_lower_bound(
+    streams: Mapping[tuple, Sequence[StudentTrial]],
+    slots: int,
+    cost: CostModel,
+    floor_s: float,
+    ceiling_s: float,
+) -> float:
+    """A lower bound on the makespan of any plan of ``streams`` on ``slots``, at least ``floor_s``.
+
+    ``floor_s`` must itself be a lower bound and ``ceiling_s`` the makespan of some plan. The
+    bound is the least T for which the streams' least work in runs of at most T seconds fits in
+    ``slots·T`` (docs/cohorts.md#lower-bound, with the proof).
+    """
+    shapes: dict[_Shape, int] = {}
+    for trials in streams.values():
+        shape, _ = _shape(trials, cost)
+        shapes[shape] = shapes.get(shape, 0) + 1
+    if not shapes or ceiling_s <= floor_s:
+        return floor_s
+    programs = [(_projected(s, _most_inputs(s, ceiling_s)), n) for s, n in shapes.items()]
+    points = sorted({floor_s} | {t for s in shapes for t in s.breakpoints() if floor_s < t < ceiling_s})
+
+    @functools.cache
+    def work(t: float) -> float:
+        return sum(n * p.least_work(t) for p, n in programs)
+
+    def proven_short(t: float) -> bool:  # no plan finishes by t
+        return work(t) > slots * t
+
+    if not proven_short(points[0]):
+        return floor_s
+    lo, hi = 0, len(points) - 1  # points[lo] proven short; search the last one that is
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if proven_short(points[mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    start = points[lo]
+    end = points[lo + 1] if lo + 1 < len(points) else ceiling_s
+    # Between two breakpoints the least work is constant: short until work / slots.
+    return min(end, max(start, work(start) / slots))
+
+
 # --- The plan ----------------------------------------------------------------------------------
 
 
@@ -444,7 +822,7 @@ class CohortPlan:
     slots: int
     runs: tuple[CohortRun, ...]
     makespan_s: float
-    lower_bound_s: float  # max(total_work_s / slots, largest_unit_s): no plan can beat it
+    lower_bound_s: float  # max(total_work_s / slots, largest_unit_s, cut_bound_s): no plan beats it
     total_work_s: float  # one run per stream: the least work any plan does
     largest_unit_s: float  # the costliest single student in a run of its own
     gpus_per_slot: float  # num_workers × gpus_per_worker (0 on CPU)
@@ -457,6 +835,9 @@ class CohortPlan:
     gpus_per_teacher: float = 0.0
     override: int | None = None  # resources.trials_per_run, when it decided the runs
     cost: CostModel | None = field(default=None, repr=False, compare=False)
+    # The least T for which the streams' least work in runs of at most T fits in slots·T: the
+    # teacher passes that cutting streams into runs that short must repeat (cut_lower_bound).
+    cut_bound_s: float = 0.0
 
     @property
     def work_s(self) -> float:
@@ -538,13 +919,9 @@ class CohortPlan:
                 else ""
             ),
             f"  lower bound {_duration(self.lower_bound_s)} = max(least work / slots "
-            f"{_duration(self.total_work_s / self.slots)}, largest student {_duration(self.largest_unit_s)});"
-            f" makespan {self.gap:+.1%}"
-            + (
-                " (cut streams repeat teacher passes, which the bound does not count)"
-                if self.gap > 0.01
-                else ""
-            ),
+            f"{_duration(self.total_work_s / self.slots)}, largest student {_duration(self.largest_unit_s)}, "
+            f"least work in runs no longer than it / slots {_duration(self.cut_bound_s)}); "
+            f"makespan {self.gap:+.1%}" + (" (no plan is faster)" if self.gap < 1e-6 else ""),
             f"saving against one run per trial: {self.saving:.0%} of the compute "
             f"({_figure(self.gpu_hours)} instead of {_figure(self.baseline_gpu_hours)} {unit}-hours); "
             f"{self.teacher_forwards} teacher forwards per image instead of {self.baseline_teacher_forwards}; "
@@ -638,6 +1015,12 @@ def plan_cohorts(
     durations = [sec(r) for r in runs]
     makespan, placed = lpt_schedule(durations, slots)
     singles = [sec([t]) for t in trials]
+    baseline_makespan = lpt_schedule(singles, slots)[0]
+    floor = max(work / slots, largest)
+    # Both plans are real: no bound exceeds the faster one's makespan.
+    cut_bound = (
+        cut_lower_bound(streams, slots, cost, floor, min(makespan, baseline_makespan)) if trials else 0.0
+    )
     res = cfg.resources
     teachers = list(plan.teachers if teachers is None else teachers)
     # A teacher run has teacher_workers workers where a student slot has num_workers.
@@ -651,11 +1034,11 @@ def plan_cohorts(
             for r, d, (slot, start) in zip(runs, durations, placed, strict=True)
         ),
         makespan_s=makespan,
-        lower_bound_s=max(work / slots, largest),
+        lower_bound_s=max(floor, cut_bound),
         total_work_s=work,
         largest_unit_s=largest,
         gpus_per_slot=res.num_workers * res.gpus_per_worker,
-        baseline_makespan_s=lpt_schedule(singles, slots)[0],
+        baseline_makespan_s=baseline_makespan,
         baseline_work_s=sum(singles),
         baseline_teacher_forwards=sum(len(teacher_inputs([t])) for t in trials),
         teacher_runs=len(teachers),
@@ -664,6 +1047,7 @@ def plan_cohorts(
         gpus_per_teacher=res.teacher_workers * res.gpus_per_worker,
         override=override,
         cost=cost,
+        cut_bound_s=cut_bound,
     )
 
 
@@ -679,9 +1063,13 @@ def _search(
     cache: dict[tuple, list[tuple[StudentTrial, ...]]] = {}
 
     def split(key) -> list[tuple[StudentTrial, ...]]:
-        if (key, counts[key]) not in cache:
-            cache[(key, counts[key])] = split_stream(streams[key], counts[key], cost)
-        return cache[(key, counts[key])]
+        m = counts[key]
+        if (key, m) not in cache:
+            greedy = split_stream(streams[key], m, cost)
+            longest = max(cost.run_seconds(r) for r in greedy)
+            exact = _exact_split(streams[key], m, cost, longest) if len(greedy) > 1 else None
+            cache[(key, m)] = exact or greedy
+        return cache[(key, m)]
 
     seen: list[tuple[float, float, list[tuple[StudentTrial, ...]]]] = []
     while True:
