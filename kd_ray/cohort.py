@@ -63,10 +63,11 @@ decides instead: each stream is cut in plan order into runs of at most that many
 one run per stream, the least work) nor ``w_max`` (the costliest single student). Those ignore
 the teacher passes that cutting a stream repeats; :func:`cut_lower_bound` counts them: the least
 ``T`` for which the least work of cutting every stream into runs of at most ``T`` fits in
-``slots·T``. That least work is an integer program over run *types* (the set of teacher inputs
-a run holds); the bound uses its linear relaxation. On ``experiments/cifar100.yaml`` with 8 slots
-it proves the plan (4 runs of 7 students per stream, 4 teacher inputs each) optimal, where
-``W / slots`` is 28% lower.
+``slots·T``; and the longest ``T`` proven short when each run too long to share its slot with
+the shortest run counts as a whole slot. Both are integer programs over run *types* (the set of
+teacher inputs a run holds), of which the bound takes linear relaxations. On
+``experiments/cifar100.yaml`` with 8 slots it proves the plan (4 runs of 7 students per stream, 4
+teacher inputs each) optimal, where ``W / slots`` is 28% lower.
 """
 
 from __future__ import annotations
@@ -429,12 +430,11 @@ def _improve(chunks: list[_Chunk], infos: list, rounds: int = 200) -> None:
 # least work of such a cut is an integer program; the planner solves it for its exact cuts and
 # the lower bound takes its linear relaxation, which is quick and never above it.
 
-# Types are the unions of units' teacher inputs. Past this many the program is not built: the
-# planner keeps its greedy cuts, and the bound leaves the rarest teacher inputs out until the
-# types fit (a relaxation: docs/cohorts.md#lower-bound).
-MAX_RUN_TYPES = 400
-# The planner's exact cuts search many run lengths, each an integer program: they stop sooner.
-MAX_EXACT_RUN_TYPES = 200
+# Types are the unions of units' teacher inputs. Past this many the program is not built (its
+# size, and the time to solve it, grow with them): the planner keeps its greedy cuts, and the
+# bound leaves the rarest teacher inputs out until the types fit (a relaxation:
+# docs/cohorts.md#lower-bound). The paper's grids have 39 per stream, 99 with both views.
+MAX_RUN_TYPES = 200
 # A safety net for the planner's integer programs on pathological inputs (the paper's grids solve
 # in milliseconds): one cut short finds no exact cut, and the greedy one stays.
 _SOLVER_TIME_LIMIT_S = 5.0
@@ -542,16 +542,16 @@ class _CutProgram:
         self.pair_unit = np.array([u for u, _ in pairs], dtype=int)
         self.pair_type = np.array([j for _, j in pairs], dtype=int)
         self.sizes = np.array(shape.sizes, dtype=float)
+        # The students whose teacher inputs a type holds: no run of it trains more.
+        self.fitting = np.bincount(self.pair_type, weights=self.sizes[self.pair_unit], minlength=len(types))
 
     def capacities(self, longest_s: float) -> np.ndarray:
-        """Students a run of each type can train within ``longest_s`` (rounded up at a hair's
-        breadth: a capacity too large only weakens the bound)."""
+        """Students a run of each type can train within ``longest_s``, and no more than fit it
+        (rounded up at a hair's breadth: a capacity too large only weakens the bound)."""
         s = self.shape
         room = longest_s - s.o - self.type_inputs * s.a
-        if s.b <= 0:
-            return np.where(room >= 0, s.students, 0)
-        caps = np.floor(room / s.b * (1 + 1e-9) + 1e-9)
-        return np.clip(caps, 0, s.students).astype(int)
+        caps = np.floor(room / s.b * (1 + 1e-9) + 1e-9) if s.b > 0 else np.where(room >= 0, s.students, 0)
+        return np.clip(caps, 0, self.fitting).astype(int)
 
     def _problem(self, longest_s: float, max_runs: int | None):
         """The program at ``longest_s`` as arrays for ``scipy.optimize.milp``; None when a unit
@@ -615,6 +615,61 @@ class _CutProgram:
         # The solver's tolerances are about 1e-7 of a run length: stay below them.
         relaxed = (res.fun - 1e-6) * problem["scale"] + s.students * s.b + s.dropped * s.a
         return max(s.least_work(), relaxed)
+
+    def slot_time(self, longest_s: float, shortest_run_s: float) -> float:
+        """A lower bound on the slot time (seconds) a cut into runs of at most ``longest_s`` takes
+        on slots of that length, ``inf`` when no cut exists.
+
+        A run longer than ``longest_s - shortest_run_s`` (the shortest run of any stream) shares
+        its slot with no other run, so it takes the whole slot. The linear relaxation of the
+        program with a column per (type, size), each run counted so.
+        """
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import csr_matrix
+
+        s = self.shape
+        caps = self.capacities(longest_s)
+        live = caps >= 1
+        keep = live[self.pair_type]
+        p_unit, p_type = self.pair_unit[keep], self.pair_type[keep]
+        if len(set(p_unit.tolist())) < len(s.sizes):
+            return float("inf")
+        types = np.flatnonzero(live)
+        row_of = np.full(len(self.types), -1)
+        row_of[types] = np.arange(len(types))
+        # Columns: a run count per (type, size), then runs per type, then y_uS.
+        run_type = np.repeat(types, caps[types])
+        run_size = np.concatenate([np.arange(1, caps[j] + 1) for j in types])
+        seconds = s.o + self.type_inputs[run_type] * s.a + run_size * s.b
+        alone = seconds > longest_s - shortest_run_s + 1e-9 * longest_s  # at a hair's breadth: fewer
+        cost = np.where(alone, longest_s, seconds)
+        nr, nt, ny, units = len(run_type), len(types), len(p_unit), len(s.sizes)
+        runs, per_type, ys = np.arange(nr), nr + np.arange(nt), nr + nt + np.arange(ny)
+        rows_cap = units + row_of[run_type]
+        entries = [
+            (p_unit, ys, np.ones(ny)),  # each unit's students all placed ...
+            (units + row_of[p_type], ys, np.ones(ny)),  # ... within the sizes of its type's runs ...
+            (rows_cap, runs, -run_size),
+            (units + nt + row_of[run_type], runs, np.ones(nr)),  # (runs per type)
+            (units + nt + np.arange(nt), per_type, -np.ones(nt)),
+            (units + 2 * nt + np.arange(ny), ys, np.ones(ny)),  # ... and only where such a run exists
+            (units + 2 * nt + np.arange(ny), nr + row_of[p_type], -self.sizes[p_unit]),
+        ]
+        lo = np.concatenate([self.sizes, np.full(nt, -np.inf), np.zeros(nt), np.full(ny, -np.inf)])
+        hi = np.concatenate([self.sizes, np.zeros(nt), np.zeros(nt), np.zeros(ny)])
+        rows, cols, vals = (
+            np.concatenate([np.asarray(e[i], dtype=float) for e in entries]) for i in range(3)
+        )
+        matrix = csr_matrix((vals, (rows.astype(int), cols.astype(int))), shape=(len(lo), nr + nt + ny))
+        scale = max(longest_s, 1e-9)
+        objective = np.concatenate([cost / scale, np.zeros(nt + ny)])
+        upper = np.concatenate([np.full(nr + nt, float(s.students)), self.sizes[p_unit]])
+        res = milp(objective, bounds=Bounds(0, upper), constraints=LinearConstraint(matrix, lo, hi))
+        if res.status == 2:
+            return float("inf")
+        if res.status != 0:
+            return s.least_work()
+        return max(s.least_work(), (res.fun - 1e-6) * scale)
 
     def cut(self, longest_s: float, max_runs: int, *, least_work: bool) -> list[list[int]] | None:
         """A cut into at most ``max_runs`` runs of at most ``longest_s`` (per run, the unit of
@@ -709,7 +764,7 @@ def _projected(shape: _Shape, most_inputs: int) -> _CutProgram:
 def _exact_cut(shape: _Shape, m: int, longest_s: float) -> tuple[tuple[int, ...], ...] | None:
     """:func:`_exact_split` on a shape: per run, the unit of each student; cached, so streams of
     one shape (the same grid on another augmentation or seed) are solved once."""
-    program = _program(shape, _most_inputs(shape, longest_s), MAX_EXACT_RUN_TYPES)
+    program = _program(shape, _most_inputs(shape, longest_s), MAX_RUN_TYPES)
     if program is None:
         return None
     largest = max(shape.o + len(need) * shape.a + shape.b for need in shape.needs)
@@ -737,7 +792,7 @@ def _exact_split(
 
     The integer program is solved at the run lengths where a capacity changes (``o + K·a + c·b``),
     searching for the shortest that admits a cut. None too where the stream has more run types
-    than :data:`MAX_EXACT_RUN_TYPES`.
+    than :data:`MAX_RUN_TYPES`.
     """
     shape, units = _shape(trials, cost)
     cut = _exact_cut(shape, max(1, min(m, len(trials))), longest_s)
@@ -759,8 +814,9 @@ def cut_lower_bound(
     """A lower bound on the makespan of any plan of ``streams`` on ``slots``, at least ``floor_s``.
 
     ``floor_s`` must itself be a lower bound and ``ceiling_s`` the makespan of some plan. The
-    bound is the least T for which the streams' least work in runs of at most T seconds fits in
-    ``slots·T`` (docs/cohorts.md#lower-bound, with the proof).
+    bound is the larger of the least T for which the streams' least work in runs of at most T
+    seconds fits in ``slots·T``, and the longest T proven short counting whole slots
+    (:func:`_slot_bound`); docs/cohorts.md#lower-bound, with the proofs.
     """
     shapes: dict[_Shape, int] = {}
     for trials in streams.values():
@@ -778,19 +834,47 @@ def cut_lower_bound(
     def proven_short(t: float) -> bool:  # no plan finishes by t
         return work(t) > slots * t
 
-    if not proven_short(points[0]):
-        return floor_s
-    lo, hi = 0, len(points) - 1  # points[lo] proven short; search the last one that is
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
+    bound = floor_s
+    if proven_short(points[0]):
+        lo, hi = 0, len(points) - 1  # points[lo] proven short; search the last one that is
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if proven_short(points[mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        start = points[lo]
+        end = points[lo + 1] if lo + 1 < len(points) else ceiling_s
+        # Between two breakpoints the least work is constant: short until work / slots.
+        bound = min(end, max(start, work(start) / slots))
+    return max(bound, _slot_bound(shapes, programs, slots, bound, ceiling_s))
+
+
+def _slot_bound(
+    shapes: Mapping[_Shape, int], programs: list, slots: int, floor_s: float, ceiling_s: float
+) -> float:
+    """The longest T proven short counting whole slots for runs too long to share one
+    (:meth:`_CutProgram.slot_time`), or ``floor_s``; docs/cohorts.md#lower-bound.
+
+    A test at T proves every shorter makespan impossible too, so it is made just below each
+    run length where a capacity or a run's sharing changes.
+    """
+    shortest = min(s.o + s.b + s.a * min(len(need) for need in s.needs) for s in shapes)
+    marks = {t for s in shapes for t in s.breakpoints()}
+    marks |= {t + shortest for t in marks} | {ceiling_s}
+    points = sorted(t * (1 - 1e-9) for t in marks if floor_s < t * (1 - 1e-9) < ceiling_s)
+
+    def proven_short(t: float) -> bool:
+        return sum(n * p.slot_time(t, shortest) for p, n in programs) > slots * t
+
+    bound, lo, hi = floor_s, 0, len(points) - 1
+    while lo <= hi:  # the last point proven short
+        mid = (lo + hi) // 2
         if proven_short(points[mid]):
-            lo = mid
+            bound, lo = points[mid], mid + 1
         else:
             hi = mid - 1
-    start = points[lo]
-    end = points[lo + 1] if lo + 1 < len(points) else ceiling_s
-    # Between two breakpoints the least work is constant: short until work / slots.
-    return min(end, max(start, work(start) / slots))
+    return bound
 
 
 # --- The plan ----------------------------------------------------------------------------------
