@@ -1004,7 +1004,7 @@ class CohortPlan:
             ),
             f"  lower bound {_duration(self.lower_bound_s)} = max(least work / slots "
             f"{_duration(self.total_work_s / self.slots)}, largest student {_duration(self.largest_unit_s)}, "
-            f"least work in runs no longer than it / slots {_duration(self.cut_bound_s)}); "
+            f"counting the teacher passes and slots that cuts take {_duration(self.cut_bound_s)}); "
             f"makespan {self.gap:+.1%}" + (" (no plan is faster)" if self.gap < 1e-6 else ""),
             f"saving against one run per trial: {self.saving:.0%} of the compute "
             f"({_figure(self.gpu_hours)} instead of {_figure(self.baseline_gpu_hours)} {unit}-hours); "

@@ -486,7 +486,10 @@ def test_describe_prints_runs_hours_makespan_and_saving(cifar100) -> None:
     assert "estimated GPU-hours:" in text and "for 6 teacher(s)" in text
     assert "estimated makespan:" in text and "100% of slot time busy" in text
     assert "lower bound 5.7 h = max(least work / slots 4.5 h, largest student 2.0 h," in text
-    assert "least work in runs no longer than it / slots 5.7 h); makespan +0.0% (no plan is faster)" in text
+    assert (
+        "counting the teacher passes and slots that cuts take 5.7 h); makespan +0.0% (no plan is faster)"
+        in text
+    )
     assert f"saving against one run per trial: {cohorts.saving:.0%}" in text
     assert 0.4 < cohorts.saving < 0.7
     assert "32 teacher forwards per image instead of 136" in text
