@@ -73,3 +73,31 @@ def test_the_configured_limit_wins_and_the_gate_pickles(tmp_path) -> None:
     again.restore(str(tmp_path / "gate.pkl"))
     assert again.suggest("x") == {"teacher": {"t": 1}}
     pickle.dumps(gate)
+
+
+def test_the_student_stage_cuts_its_runs_as_the_cohort_planner_does(tmp_path) -> None:
+    # Issue 10, item 3: the runs the sweep starts are the planner's cut for the runs the cluster
+    # holds (as `--dry-run --cpus` prints it), not one run per stream whatever the cluster.
+    from kd_ray.cohort import plan_cohorts
+    from kd_ray.config import load_config
+    from kd_ray.orchestration import sweep as sweep_mod
+    from kd_ray.plan import plan_sweep
+    from kd_ray.storage import Storage
+
+    cfg = load_config("experiments/demo.yaml")
+    plan = plan_sweep(cfg)
+    storage = Storage.open(tmp_path / "demo")
+    for slots in (1, 2, 8):
+        items = sweep_mod._group_items(cfg, plan, storage, list(plan.trials), set(), slots)
+        cut = plan_cohorts(plan, cfg, slots, teachers=[]).runs
+        assert [[t["trial_id"] for t in item["trials"]] for item in items] == [
+            [t.trial_id for t in run.trials] for run in cut
+        ]
+        assert sorted(t["trial_id"] for item in items for t in item["trials"]) == sorted(
+            t.trial_id for t in plan.trials
+        )
+    assert len(sweep_mod._group_items(cfg, plan, storage, list(plan.trials), set(), 8)) == 8  # 2 streams, 8 runs
+    # resources.trials_per_run still overrides the planner: streams cut in plan order.
+    fixed = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"trials_per_run": 3})})
+    items = sweep_mod._group_items(fixed, plan, storage, list(plan.trials), set(), 8)
+    assert sorted(len(item["trials"]) for item in items) == [2, 2, 3, 3, 3, 3]

@@ -315,7 +315,8 @@ def test_a_started_group_is_resumed_whole_whatever_trials_per_run_says(tmp_path)
     # One of its members finished meanwhile; trials_per_run is now 1.
     runnable = [t for t in trials if t.trial_id != started[0].trial_id]
     plan = plan_sweep(cfg)
-    items = sweep_mod._group_items(cfg, plan, sweep, runnable, set(), max_size=1)
+    one_per_run = _cfg(resources={"trials_per_run": 1})
+    items = sweep_mod._group_items(one_per_run, plan, sweep, runnable, set(), slots=2)
     by_id = {item["group_id"]: [t["trial_id"] for t in item["trials"]] for item in items}
     assert by_id["started-group"] == [t.trial_id for t in started[1:]]
     others = [t for t in runnable if t not in started]
@@ -326,7 +327,7 @@ def test_a_started_group_is_resumed_whole_whatever_trials_per_run_says(tmp_path)
     scratch = started[1]
     old_run = sweep.child("_ray", sweep_mod.group_id([scratch]))
     old_run.write_bytes("checkpoint_x/state.pt", b"stale")
-    items = sweep_mod._group_items(cfg, plan, sweep, runnable, {scratch.trial_id}, max_size=None)
+    items = sweep_mod._group_items(cfg, plan, sweep, runnable, {scratch.trial_id}, slots=2)
     by_id = {item["group_id"]: [t["trial_id"] for t in item["trials"]] for item in items}
     assert by_id["started-group"] == [started[2].trial_id]
     assert by_id[sweep_mod.group_id([scratch])] == [scratch.trial_id]
@@ -339,7 +340,7 @@ def test_a_group_ships_its_teachers_specs_and_the_workers_digests(tmp_path) -> N
     # fingerprints say (issue 13, item 4: workers get what the driver knows).
     cfg = _cfg()
     plan = plan_sweep(cfg)
-    items = sweep_mod._group_items(cfg, plan, Storage.open(tmp_path / "s"), list(plan.trials), set(), None)
+    items = sweep_mod._group_items(cfg, plan, Storage.open(tmp_path / "s"), list(plan.trials), set(), 2)
     assert sum(len(item["trials"]) for item in items) == len(plan.trials)
     for item in items:
         trials = [StudentTrial.from_dict(d) for d in item["trials"]]

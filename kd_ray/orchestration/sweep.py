@@ -61,7 +61,6 @@ from kd_ray.plan import (
     group_id,
     numerics,
     plan_sweep,
-    stream_groups,
     trial_fingerprint_content,
 )
 from kd_ray.results.rows import teacher_row, trial_row
@@ -630,16 +629,17 @@ def _group_items(
     sweep: Storage,
     runnable: list[StudentTrial],
     scratch: set[str],
-    max_size: int | None,
+    slots: int,
 ) -> list[dict[str, Any]]:
     """The Tune items of the student stage: one per stream group, with what its worker and the
     collector need from the plan (its teachers' specs, each trial's fingerprint digest), so
     neither plans the sweep again.
 
     A group that had started (its run directory holds ``kd_ray_group.json``) keeps its id and
-    its unfinished members, so it continues from its checkpoint whatever ``trials_per_run`` is
-    now. Trials to run from scratch get fresh groups, with any old run directory of the same
-    id removed. The rest are grouped as :func:`kd_ray.plan.stream_groups` says.
+    its unfinished members, so it continues from its checkpoint whatever the cut is now; those
+    come first. Trials to run from scratch get fresh groups, with any old run directory of the
+    same id removed. The rest are cut into runs by the cohort planner for ``slots`` concurrent
+    runs (:func:`_student_runs`), longest first.
     """
     import json
 
@@ -658,13 +658,13 @@ def _group_items(
         kept = [by_id.pop(tid) for tid in members if tid in by_id]
         if kept:
             items.append({"group_id": name, "trials": kept})
-    for group in stream_groups(list(by_id.values()), max_size):
-        items.append({"group_id": group_id(group), "trials": list(group)})
-    for group in stream_groups([t for t in runnable if t.trial_id in scratch], max_size):
-        delete_run(ray_dir.uri, group_id(group))
-        items.append({"group_id": group_id(group), "trials": list(group)})
     order = {t.trial_id: i for i, t in enumerate(runnable)}
     items.sort(key=lambda item: order[item["trials"][0].trial_id])
+    for group in _student_runs(cfg, plan, list(by_id.values()), slots):
+        items.append({"group_id": group_id(group), "trials": list(group)})
+    for group in _student_runs(cfg, plan, [t for t in runnable if t.trial_id in scratch], slots):
+        delete_run(ray_dir.uri, group_id(group))
+        items.append({"group_id": group_id(group), "trials": list(group)})
     return [
         {
             **item,
@@ -677,6 +677,19 @@ def _group_items(
         }
         for item in items
     ]
+
+
+def _student_runs(
+    cfg: SweepConfig, plan: SweepPlan, trials: list[StudentTrial], slots: int
+) -> list[tuple[StudentTrial, ...]]:
+    """``trials`` cut into student runs, longest first: the cohort planner's cut for ``slots``
+    concurrent runs (docs/cohorts.md: students that share teacher inputs together, runs balanced
+    by cost), or streams cut in plan order into runs of ``resources.trials_per_run`` when set."""
+    if not trials:
+        return []
+    from kd_ray.cohort import plan_cohorts  # torch's FLOP counter: imported when a stage runs
+
+    return [run.trials for run in plan_cohorts(plan, cfg, slots, trials=trials, teachers=[]).runs]
 
 
 def _record_missing_teacher(
@@ -775,6 +788,7 @@ def _run_sweep(
     if runnable:
         _init_ray(cfg)
         from kd_ray.orchestration.collector import ResultsCollector
+        from kd_ray.orchestration.placement import RunsThatFit
         from kd_ray.orchestration.trials import group_trial
 
         runs = RunBook("group")
@@ -796,8 +810,14 @@ def _run_sweep(
             callbacks.append(
                 LiveReport(sweep.uri, planned_trials=len(plan.trials), every_minutes=cfg.report.every_minutes)
             )
-        items = _group_items(cfg, plan, sweep, runnable, scratch, cfg.resources.trials_per_run)
-        log.info("%d student trial(s) in %d run(s) that share data streams", len(runnable), len(items))
+        slots = RunsThatFit.of(cfg, cfg.resources.num_workers, _TRIAL_FN_CPU)()
+        items = _group_items(cfg, plan, sweep, runnable, scratch, slots)
+        log.info(
+            "%d student trial(s) in %d run(s) that share data streams, cut for %d run(s) at once",
+            len(runnable),
+            len(items),
+            slots,
+        )
         _tune(
             cfg,
             sweep,
