@@ -96,7 +96,8 @@ def test_the_student_stage_cuts_its_runs_as_the_cohort_planner_does(tmp_path) ->
         assert sorted(t["trial_id"] for item in items for t in item["trials"]) == sorted(
             t.trial_id for t in plan.trials
         )
-    assert len(sweep_mod._group_items(cfg, plan, storage, list(plan.trials), set(), 8)) == 8  # 2 streams, 8 runs
+    eight = sweep_mod._group_items(cfg, plan, storage, list(plan.trials), set(), 8)
+    assert len(eight) == 8  # 2 streams cut into 8 runs
     # resources.trials_per_run still overrides the planner: streams cut in plan order.
     fixed = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"trials_per_run": 3})})
     items = sweep_mod._group_items(fixed, plan, storage, list(plan.trials), set(), 8)
