@@ -91,7 +91,7 @@ def test_forward_flops_counts_the_models_and_is_cached() -> None:
 
 
 def test_teacher_inputs_follow_the_training_loop() -> None:
-    from kd_ray import cohort
+    from kd_ray.cohort import cost as cohort
     from kd_ray.train.distill import teacher_key
 
     for view, k in itertools.product(["full", "split"], [1, 2, 3]):
@@ -326,7 +326,7 @@ def test_lower_bound_holds_for_every_plan_of_small_grids(monkeypatch: pytest.Mon
     """The bound is never above the best plan's makespan, found by trying every plan; both of its
     parts (pooled work, whole slots) are tighter than least work / slots where cuts must repeat
     teacher passes; and the planner mostly finds the best plan."""
-    from kd_ray import cohort
+    from kd_ray.cohort import program as cohort
 
     whole_slots = cohort._slot_bound
     tighter = slots_tighter = optimal = cases = 0
@@ -356,7 +356,7 @@ def test_lower_bound_holds_for_every_plan_of_small_grids(monkeypatch: pytest.Mon
 def test_projected_bound_holds_for_every_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where a stream has too many run types, the bound leaves teacher inputs out: still never
     above the best plan (docs/cohorts.md#lower-bound)."""
-    from kd_ray import cohort
+    from kd_ray.cohort import program as cohort
 
     monkeypatch.setattr(cohort, "MAX_RUN_TYPES", 3)
     projected = 0
@@ -371,7 +371,7 @@ def test_projected_bound_holds_for_every_plan(monkeypatch: pytest.MonkeyPatch) -
 
 def test_exact_split_finds_the_shortest_longest_run() -> None:
     """The integer program's cut into at most m runs has the shortest longest run of all cuts."""
-    from kd_ray.cohort import _exact_split
+    from kd_ray.cohort.program import _exact_split
 
     improved = 0
     for _, _, streams, _, cost in _small_instances(3, 25):
@@ -507,7 +507,7 @@ def test_no_plan_on_8_slots_beats_the_cifar100_cut(cifar100) -> None:
     """
     from scipy.optimize import LinearConstraint, milp
 
-    from kd_ray.cohort import _units
+    from kd_ray.cohort.split import _units
 
     cfg, plan, cost = cifar100
     a, b = cost.key_flops["cifar100"], cost.student_flops["cifar100"]
