@@ -154,6 +154,17 @@ class _CutProgram:
         caps = np.floor(room / s.b * (1 + 1e-9) + 1e-9) if s.b > 0 else np.where(room >= 0, s.students, 0)
         return np.clip(caps, 0, self.fitting).astype(int)
 
+    def _live_pairs(self, longest_s: float):
+        """At ``longest_s``: each type's capacity, which types have room for a student, and the
+        (unit, type) pairs of those types; None when some unit fits in no run that short."""
+        caps = self.capacities(longest_s)
+        live = caps >= 1
+        keep = live[self.pair_type]
+        p_unit, p_type = self.pair_unit[keep], self.pair_type[keep]
+        if len(set(p_unit.tolist())) < len(self.shape.sizes):
+            return None
+        return caps, live, p_unit, p_type
+
     def _problem(self, longest_s: float, max_runs: int | None):
         """The program at ``longest_s`` as arrays for ``scipy.optimize.milp``; None when a unit
         fits in no run that short. Columns: ``x_S`` of the types with room for a student, then
@@ -162,12 +173,10 @@ class _CutProgram:
         from scipy.sparse import csr_matrix
 
         s = self.shape
-        caps = self.capacities(longest_s)
-        live = caps >= 1
-        keep = live[self.pair_type]
-        p_unit, p_type = self.pair_unit[keep], self.pair_type[keep]
-        if len(set(p_unit.tolist())) < len(s.sizes):
+        found = self._live_pairs(longest_s)
+        if found is None:
             return None
+        caps, live, p_unit, p_type = found
         column = np.cumsum(live) - 1  # type index → its x column
         types = np.flatnonzero(live)
         nx, ny, units = len(types), len(p_unit), len(s.sizes)
@@ -229,12 +238,10 @@ class _CutProgram:
         from scipy.sparse import csr_matrix
 
         s = self.shape
-        caps = self.capacities(longest_s)
-        live = caps >= 1
-        keep = live[self.pair_type]
-        p_unit, p_type = self.pair_unit[keep], self.pair_type[keep]
-        if len(set(p_unit.tolist())) < len(s.sizes):
+        found = self._live_pairs(longest_s)
+        if found is None:
             return float("inf")
+        caps, live, p_unit, p_type = found
         types = np.flatnonzero(live)
         row_of = np.full(len(self.types), -1)
         row_of[types] = np.arange(len(types))
