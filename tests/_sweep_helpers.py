@@ -200,11 +200,19 @@ def stop_shared_cluster() -> None:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+# Ctrl-C's default action for the command it execs. A shell that starts a job in the background
+# (`make test &`, `nohup ... &`) runs it with SIGINT ignored, and an ignored SIGINT is inherited
+# through exec: Python then installs no KeyboardInterrupt handler, and a test's Ctrl-C would do
+# nothing. A terminal's foreground job, which the tests stand for, has the default.
+_SIGINT_DEFAULT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+
+
 def start_cli(*args: str, log: Path, ray_tmp: str) -> subprocess.Popen:
-    """Start ``kd-ray`` in a new session (process group) so the test can kill its whole tree."""
+    """Start ``kd-ray`` in a new session (process group) so the test can kill its whole tree, or
+    stop it with a terminal's Ctrl-C (SIGINT at its default, however the tests were started)."""
     out = open(log, "w")  # noqa: SIM115 - closed when the process is reaped by the test
     return subprocess.Popen(
-        kd_ray_cmd(*args),
+        [PYTHON, "-c", _SIGINT_DEFAULT, *kd_ray_cmd(*args)],
         stdout=out,
         stderr=subprocess.STDOUT,
         cwd=REPO,
