@@ -295,29 +295,23 @@ def build_loaders(
     val = AugmentedSplit(datasets.val, build_transform("none", datasets), None, cache=cache)
     val_aug = AugmentedSplit(datasets.val, train_tf, stable_seed(stream_seed, "val_aug"), cache=cache)
 
-    def eval_sampler() -> ShardedBatchSampler:
+    def sampler(n: int, *, train: bool) -> ShardedBatchSampler:
+        # Training: a seeded order and equal shards (drop_last); evaluation: every sample once.
         return ShardedBatchSampler(
-            len(datasets.val),
+            n,
             global_batch_size,
+            seed=stream_seed,
             rank=rank,
             world_size=world_size,
-            shuffle=False,
-            drop_last=False,
+            shuffle=train,
+            drop_last=train,
         )
 
-    train_sampler = ShardedBatchSampler(
-        len(datasets.train),
-        global_batch_size,
-        seed=stream_seed,
-        rank=rank,
-        world_size=world_size,
-        shuffle=True,
-        drop_last=True,
-    )
+    n_train, n_val = len(datasets.train), len(datasets.val)
     return SplitLoaders(
-        train=_loader(train, train_sampler, stream_seed, loader_workers, pin_memory),
-        val=_loader(val, eval_sampler(), stream_seed, loader_workers, pin_memory),
-        val_aug=_loader(val_aug, eval_sampler(), stream_seed, loader_workers, pin_memory),
+        train=_loader(train, sampler(n_train, train=True), stream_seed, loader_workers, pin_memory),
+        val=_loader(val, sampler(n_val, train=False), stream_seed, loader_workers, pin_memory),
+        val_aug=_loader(val_aug, sampler(n_val, train=False), stream_seed, loader_workers, pin_memory),
     )
 
 
