@@ -29,10 +29,3 @@ class RunBook:
     def item(self, trial: Any) -> dict[str, Any] | None:
         """The item of Tune trial ``trial`` (anything with a ``trial_id``), None if not one of ours."""
         return self._items.get(trial.trial_id)
-
-    def run_id(self, trial: Any) -> str:
-        """The id of the run ``trial`` trains: its teacher id or stream-group id, else Tune's id."""
-        item = self.item(trial)
-        if item is None:
-            return str(trial.trial_id)
-        return str(item["teacher_id"] if self.stage == "teacher" else item["group_id"])
