@@ -208,3 +208,17 @@ def test_run_all_refuses_unknown_sections() -> None:
     args = run_all.parse_args(["--only", "data,planner", "--fixed-epochs", "1,3"])
     assert args.only == ["data", "planner"] and args.fixed_epochs == (1, 3)
     assert run_all.parse_args([]).only == list(run_all.SECTIONS)
+
+
+def test_ray_floor_script_imports_and_takes_the_sweeps_resources() -> None:
+    """The floor runs for real in the full run_all only (it starts a cluster); here its imports and
+    options, which run_all passes from the config's resources."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "_ray_floor.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--runs", "--num-workers", "--cpus-per-worker", "--report-interval-s"):
+        assert flag in done.stdout
