@@ -10,6 +10,7 @@ a user sees it; it also saves and resumes a config given with ``--set`` (issue 1
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 import logging
@@ -38,6 +39,7 @@ from kd_ray.orchestration.progress import (
     run_labels,
     trial_dirname,
 )
+from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.worker_setup import (
     CLEANER_LOGGER,
     REPORT_LOGGER_MODULE,
@@ -61,8 +63,15 @@ def _items(stage: str, trials_per_run: int | None = None, **grid) -> list[dict]:
 
 
 def _trial(stage: str, item: dict, n: int = 0) -> SimpleNamespace:
+    """A Tune trial of ``stage`` training ``item``, written in the stage's book as the capacity
+    gate writes it. It has no config: the display finds its run in the book only."""
     name = "teacher_trial" if stage == "teacher" else "group_trial"
-    return SimpleNamespace(config={stage: item}, trainable_name=name, trial_id=f"c15e4_{n:05d}")
+    trial = SimpleNamespace(trainable_name=name, trial_id=f"c15e4_{n:05d}")
+    _BOOKS[stage].record(trial.trial_id, item)
+    return trial
+
+
+_BOOKS = {"teacher": RunBook("teacher"), "group": RunBook("group")}
 
 
 class _Clock:
@@ -114,12 +123,18 @@ def test_a_stream_cut_into_several_runs_gets_unique_names():
 
 def test_tune_gets_the_names_and_short_safe_directories():
     items = _items("group")
-    namer = TrialNamer("group", items)
+    namer = TrialNamer("group", items, _BOOKS["group"])
     assert namer(_trial("group", items[1], 1)) == "synthetic S_s seed 0 (2 students)"
+    # Tune deep-copies its experiment spec, namer included, for every trial: the copy still
+    # finds the runs handed out after it was made.
+    copied = copy.deepcopy(namer)
+    assert copied(_trial("group", items[0], 2)) == "synthetic S_w seed 0 (2 students)"
+    assert namer(SimpleNamespace(trial_id="not_ours")) == "not_ours"
     # Tune's default directory would start with that name (spaces, parentheses); ours is its id.
     assert trial_dirname(_trial("group", items[1], 1)) == "group_trial_c15e4_00001"
     teachers = _items("teacher")
-    assert TrialNamer("teacher", teachers)(_trial("teacher", teachers[0])) == "teacher T1w synthetic seed 0"
+    namer = TrialNamer("teacher", teachers, _BOOKS["teacher"])
+    assert namer(_trial("teacher", teachers[0])) == "teacher T1w synthetic seed 0"
 
 
 def test_reports_give_the_mean_val_accuracy_and_the_failures():
@@ -138,7 +153,7 @@ def test_reports_give_the_mean_val_accuracy_and_the_failures():
 def test_the_table_shows_each_run_with_its_epoch_and_mean_val_accuracy():
     items = _items("group")
     out, clock = io.StringIO(), _Clock()
-    progress = ProgressTable("group", items, 4, stream=out, clock=clock)
+    progress = ProgressTable("group", items, 4, _BOOKS["group"], stream=out, clock=clock)
     progress.setup()
     trials = [_trial("group", item, i) for i, item in enumerate(items)]
     progress.on_step_end(0, trials)  # the first table, everything pending
@@ -171,7 +186,9 @@ def test_the_table_shows_each_run_with_its_epoch_and_mean_val_accuracy():
 def test_an_idle_table_waits_longer_and_a_long_one_is_cut():
     items = _items("group", trials_per_run=1, seeds=list(range(6)))  # 24 runs of one student
     out, clock = io.StringIO(), _Clock()
-    progress = ProgressTable("group", items, 4, stream=out, clock=clock, heartbeat_s=30, idle_heartbeat_s=600)
+    progress = ProgressTable(
+        "group", items, 4, _BOOKS["group"], stream=out, clock=clock, heartbeat_s=30, idle_heartbeat_s=600
+    )
     trials = [_trial("group", item, i) for i, item in enumerate(items)]
     progress.on_step_end(0, trials)
     clock.now += 60
@@ -190,7 +207,7 @@ def test_an_idle_table_waits_longer_and_a_long_one_is_cut():
 def test_the_quiet_line_counts_trials_and_extrapolates_the_eta():
     items = _items("group")
     out, clock = io.StringIO(), _Clock()
-    bar = ProgressBar("group", items, 4, stream=out, clock=clock)
+    bar = ProgressBar("group", items, 4, _BOOKS["group"], stream=out, clock=clock)
     bar.setup()
     trials = [_trial("group", item, i) for i, item in enumerate(items)]
     bar.on_trial_start(0, trials, trials[0])
@@ -216,7 +233,7 @@ def test_the_quiet_line_counts_trials_and_extrapolates_the_eta():
 def test_on_a_terminal_the_quiet_line_is_rewritten_in_place():
     items = _items("teacher")
     out, clock = _Terminal(), _Clock()
-    bar = ProgressBar("teacher", items, 1, stream=out, clock=clock)
+    bar = ProgressBar("teacher", items, 1, _BOOKS["teacher"], stream=out, clock=clock)
     trials = [_trial("teacher", item, i) for i, item in enumerate(items)]
     bar.on_step_end(0, trials)
     clock.now += 0.5
@@ -238,7 +255,7 @@ def test_callbacks_pickle_without_their_stream():
     # Tune pickles callbacks into its experiment state; a terminal stream cannot be pickled.
     import pickle
 
-    bar = ProgressBar("teacher", _items("teacher"), 1, stream=_Terminal())
+    bar = ProgressBar("teacher", _items("teacher"), 1, _BOOKS["teacher"], stream=_Terminal())
     assert pickle.loads(pickle.dumps(bar)).stream is None
 
 

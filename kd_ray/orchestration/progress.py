@@ -18,6 +18,9 @@ from a Tune callback, from what each report carries (``epoch``; ``val/acc`` of a
 about a trial name it too; :func:`trial_dirname` keeps Tune's trial directories short and safe
 (they are Tune's bookkeeping under ``_ray/<stage>-N/``; the Train run directories that resume
 uses, ``_ray/<group_id>``, are named by :mod:`kd_ray.orchestration.trials` and do not change).
+
+Both find the run a Tune trial trains in the stage's :class:`~kd_ray.orchestration.runbook.RunBook`
+(written by the capacity gate before Tune creates the trial), never in Tune's trial config.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from kd_ray.orchestration.driver_callback import DriverCallback
+from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.trials import STATUS_KEY
 from kd_ray.results.rows import report_field
 from kd_ray.status import format_duration
@@ -59,11 +63,15 @@ _STAGE_TITLE = {"teacher": "teachers", "group": "student runs"}
 # --- names ----------------------------------------------------------------------------------
 
 
-def run_key(stage: str, config: dict[str, Any]) -> str:
-    """The id of the run a Tune trial of ``stage`` trains: its teacher id or stream-group id."""
-    if stage == "teacher":
-        return str(config["teacher"]["teacher_id"])
-    return str(config["group"]["group_id"])
+def run_key(stage: str, item: dict[str, Any]) -> str:
+    """The id of a run of ``stage``: its teacher id or stream-group id."""
+    return str(item["teacher_id"] if stage == "teacher" else item["group_id"])
+
+
+def _trial_run_key(stage: str, runs: RunBook, trial: Any) -> str:
+    """The id of the run Tune trial ``trial`` trains; Tune's trial id if it is not one of ours."""
+    item = runs.item(trial)
+    return run_key(stage, item) if item is not None else str(trial.trial_id)
 
 
 def run_label(stage: str, item: dict[str, Any]) -> str:
@@ -82,7 +90,7 @@ def run_label(stage: str, item: dict[str, Any]) -> str:
 def run_labels(stage: str, items: list[dict[str, Any]]) -> dict[str, str]:
     """Run id -> label for the items of one stage, unique: a stream cut into several runs
     (``resources.trials_per_run``) gets ``part i/n`` on each."""
-    keys = [item["teacher_id"] if stage == "teacher" else item["group_id"] for item in items]
+    keys = [run_key(stage, item) for item in items]
     labels = [run_label(stage, item) for item in items]
     counts = {label: labels.count(label) for label in labels}
     seen: dict[str, int] = {}
@@ -96,15 +104,16 @@ def run_labels(stage: str, items: list[dict[str, Any]]) -> dict[str, str]:
 
 
 class TrialNamer:
-    """Tune's ``trial_name_creator``: a trial is named by the run it trains (a plain class,
-    so Tune can pickle it with the experiment)."""
+    """Tune's ``trial_name_creator``: a trial is named by the run it trains, looked up in
+    ``runs`` (a plain class, so Tune can pickle it with the experiment)."""
 
-    def __init__(self, stage: str, items: list[dict[str, Any]]) -> None:
+    def __init__(self, stage: str, items: list[dict[str, Any]], runs: RunBook) -> None:
         self.stage = stage
         self.labels = run_labels(stage, items)
+        self.runs = runs
 
     def __call__(self, trial: Any) -> str:
-        key = run_key(self.stage, trial.config)
+        key = _trial_run_key(self.stage, self.runs, trial)
         return self.labels.get(key) or key
 
 
@@ -146,7 +155,8 @@ class _Run:
 
 
 class _Progress(DriverCallback):
-    """Keeps each run's epoch, accuracy and status from Tune's callbacks (driver side)."""
+    """Keeps each run's epoch, accuracy and status from Tune's callbacks (driver side); ``book``
+    says which run each Tune trial trains."""
 
     DRIVER_ONLY = {"stream": None}  # an open stream does not pickle
 
@@ -155,12 +165,14 @@ class _Progress(DriverCallback):
         stage: str,
         items: list[dict[str, Any]],
         epochs: int,
+        book: RunBook,
         *,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stage = stage
         self.epochs = epochs
+        self.book = book
         self.stream = stream
         self.clock = clock
         labels = run_labels(stage, items)
@@ -176,7 +188,7 @@ class _Progress(DriverCallback):
         return self.stream or sys.stdout
 
     def _run(self, trial: Any) -> _Run:
-        key = run_key(self.stage, trial.config)
+        key = _trial_run_key(self.stage, self.book, trial)
         if key not in self.runs:  # not one of the items: keep it visible anyway
             self.runs[key] = _Run(key, 1)
         return self.runs[key]
@@ -411,6 +423,8 @@ class ProgressBar(_Progress):
         self._draw(final=True)
 
 
-def progress_callback(stage: str, items: list[dict[str, Any]], epochs: int, *, quiet: bool) -> _Progress:
+def progress_callback(
+    stage: str, items: list[dict[str, Any]], epochs: int, runs: RunBook, *, quiet: bool
+) -> _Progress:
     """The progress display of one stage: the bar with ``-q``, the table without."""
-    return (ProgressBar if quiet else ProgressTable)(stage, items, epochs)
+    return (ProgressBar if quiet else ProgressTable)(stage, items, epochs, runs)

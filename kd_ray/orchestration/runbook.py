@@ -26,6 +26,12 @@ class RunBook:
         """Tune trial ``trial_id`` trains ``item`` (called by the gate as it hands it out)."""
         self._items[trial_id] = item
 
+    def __deepcopy__(self, memo: dict) -> RunBook:
+        # One book per stage, shared: Tune deep-copies its experiment spec, which holds the
+        # trial namer and so this book, for every trial it creates. A copy would miss the runs
+        # handed out after it was made.
+        return self
+
     def item(self, trial: Any) -> dict[str, Any] | None:
         """The item of Tune trial ``trial`` (anything with a ``trial_id``), None if not one of ours."""
         return self._items.get(trial.trial_id)

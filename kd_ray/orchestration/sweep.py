@@ -378,7 +378,7 @@ def _tune(
             # Runs start as the cluster has room (kd_ray.orchestration.placement), in plan order.
             search_alg=CapacityGate(stage, items, RunsThatFit.of(cfg, workers, _TRIAL_FN_CPU), runs),
             num_samples=len(items),
-            trial_name_creator=TrialNamer(stage, items),
+            trial_name_creator=TrialNamer(stage, items, runs),
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
@@ -388,7 +388,7 @@ def _tune(
             callbacks=[
                 *callbacks,
                 JsonLoggerCallback(),
-                progress_callback(stage, items, epochs, quiet=verbose == 0),
+                progress_callback(stage, items, epochs, runs, quiet=verbose == 0),
             ],
             verbose=0,
         ),
