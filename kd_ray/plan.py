@@ -108,6 +108,15 @@ def group_id(group: Sequence[StudentTrial]) -> str:
     return f"{dataset}-S{aug}-s{seed}-{len(group)}x-{members}"
 
 
+def pack_id(pack: Sequence[TeacherSpec]) -> str:
+    """A stable name for a teacher pack (its Ray Train run name): ``teacher-<id>`` for one
+    teacher, else how many teachers and a hash of their ids."""
+    if len(pack) == 1:
+        return f"teacher-{pack[0].teacher_id}"
+    members = hashlib.sha256("\n".join(sorted(t.teacher_id for t in pack)).encode()).hexdigest()[:8]
+    return f"teachers-{len(pack)}x-{members}"
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     teachers: tuple[TeacherSpec, ...]

@@ -1,4 +1,5 @@
-"""Faults inside a running sweep: a Ray Train worker killed twice, and a diverging trial.
+"""Faults inside a running sweep: a Ray Train worker killed twice, one killed inside a teacher
+pack, and a diverging trial.
 
 A worker killed mid-trial must cost a restart, not the trial: Ray Train restarts the worker
 group (``failure.worker_max_failures``), then Tune re-runs the trial (``failure.trial_max_failures``),
@@ -103,6 +104,61 @@ def _resumed(log) -> list[str]:
 
 def _live_workers(ray_tmp: str, killed: set[int]) -> list:
     return [p for p in _train_workers(ray_tmp) if p.pid not in killed and p.is_running()]
+
+
+def test_a_teacher_pack_killed_mid_way_keeps_its_stored_teacher_and_resumes_the_next(tmp_path):
+    # One slot (max_concurrent_trials: 1), two teachers: one Train run trains them in turn
+    # (docs/architecture.md#teacher-packs). A worker killed once the first teacher is stored and
+    # the second has a checkpoint costs a restart of the run, which skips the stored teacher and
+    # resumes the second from its checkpoint, past the first's checkpoints without a word.
+    from kd_ray.cohort import teacher_packs
+    from kd_ray.config import load_config
+    from kd_ray.plan import plan_sweep
+
+    config = write_config(
+        tmp_path,
+        {
+            "teacher": {"train": {"epochs": 20}},  # seconds of training per teacher: time to kill
+            "student": {"train": {"epochs": 1}},
+            "grid": {"permutations": ["T1w_Sw", "T1s_Ss"]},
+            "resources": {"max_concurrent_trials": 1},
+        },
+    )
+    cfg = load_config(config)
+    [(first, second)] = teacher_packs(plan_sweep(cfg).teachers, cfg, 1)
+    results = tmp_path / "results"
+    store = results / "_teachers"
+    first_pt = store / f"{first.teacher_id}.pt"
+
+    def second_checkpointed() -> bool:
+        if not first_pt.exists():
+            return False
+        stored = first_pt.stat().st_mtime
+        checkpoints = (store / "_ray").glob("teachers-2x-*/checkpoint_*")
+        return any(c.stat().st_mtime > stored for c in checkpoints) and bool(_live_workers(ray_tmp, set()))
+
+    ray_tmp = ray_tmpdir()
+    log = tmp_path / "sweep.log"
+    proc = start_cli(
+        "sweep", str(config), "--results", str(results), "--no-report", "-q", log=log, ray_tmp=ray_tmp
+    )
+    try:
+        wait_for(second_checkpointed, timeout=300, what="a checkpoint of the second teacher", proc=proc)
+        stored = first_pt.stat().st_mtime_ns
+        _live_workers(ray_tmp, set())[0].kill()
+        assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+    finally:
+        kill_tree(proc, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    output = log.read_text()
+    resumed = rf"teacher {re.escape(second.teacher_id)}: resuming from its epoch \d+ checkpoint\n"
+    assert re.search(resumed, output), output[-4000:]
+    assert "starting fresh" not in output and f"teacher {first.teacher_id}: resuming" not in output
+    assert first_pt.stat().st_mtime_ns == stored  # stored once: not trained again
+    assert "teachers trained 2, reused 0" in output, output[-2000:]
+    assert table(results / "tiny", "teachers")["status"].tolist() == ["ok", "ok"]
+    assert list((store / "_ray").iterdir()) == []  # the pack's run, deleted once both are stored
 
 
 def test_diverging_trials_are_recorded_and_the_sweep_exits_1(tmp_path):

@@ -303,12 +303,14 @@ def test_the_teacher_stage_takes_teacher_leases(tmp_path, monkeypatch):
     tuned: list[list[str]] = []
 
     def fake_tune(cfg, sweep, stage, trainable, items, base, callbacks, verbose, runs):
-        tuned.append([item["teacher_id"] for item in items])
-        assert {f"{item['teacher_id']}.lease" for item in items} <= set(L.lease_names(store))
-        for item in items:
-            store.write_bytes(f"{item['teacher_id']}.json", b'{"epochs": 1}')
+        ids = [t["teacher_id"] for item in items for t in item["teachers"]]  # teacher packs
+        tuned.append(ids)
+        assert {f"{tid}.lease" for tid in ids} <= set(L.lease_names(store))
+        for tid in ids:
+            store.write_bytes(f"{tid}.json", b'{"epochs": 1}')
 
     monkeypatch.setattr(S, "_init_ray", lambda cfg: None)
+    monkeypatch.setattr(S, "_teacher_slots", lambda cfg, count: 1)  # no cluster to ask
     monkeypatch.setattr(S, "_tune", fake_tune)
     with _Driver(store, [first], seconds=0.3):
         trained, reused, reasons = S._train_teachers(cfg, plan, root, root.child("tiny"), {}, 0)

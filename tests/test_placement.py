@@ -102,3 +102,82 @@ def test_the_student_stage_cuts_its_runs_as_the_cohort_planner_does(tmp_path) ->
     fixed = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"trials_per_run": 3})})
     items = sweep_mod._group_items(fixed, plan, storage, list(plan.trials), set(), 8)
     assert sorted(len(item["trials"]) for item in items) == [2, 2, 3, 3, 3, 3]
+
+
+# --- teacher packs ------------------------------------------------------------------------------
+
+
+def _teachers(cfg):
+    from kd_ray.plan import plan_sweep
+
+    return list(plan_sweep(cfg, check_names=False).teachers)
+
+
+def test_teachers_get_a_run_each_when_slots_suffice_else_one_pack_per_slot_balanced_by_cost() -> None:
+    from kd_ray.cohort import CostModel, teacher_packs
+
+    # Two datasets whose teachers cost 1 and 3 (FLOPs): 4 teachers of each, seeds 0 and 1.
+    cfg = parse_config(
+        merged(
+            TINY,
+            {
+                "datasets": [
+                    {"name": "synthetic", "num_train": 64, "num_val": 32, "label": "small"},
+                    {"name": "synthetic", "num_train": 64, "num_val": 32, "label": "big"},
+                ],
+                "grid": {"seeds": [0, 1]},
+            },
+        )
+    )
+    teachers = _teachers(cfg)
+    keys = sorted({t.dataset for t in teachers})
+    assert len(teachers) == 8 and len(keys) == 2
+    weight = {keys[0]: 1.0, keys[1]: 3.0}
+    cost = CostModel({}, {}, weight)
+    assert teacher_packs(teachers, cfg, 8, cost=cost) == [(t,) for t in teachers]
+    packs = teacher_packs(teachers, cfg, 2, cost=cost)
+    assert len(packs) == 2 and sorted(t.teacher_id for p in packs for t in p) == sorted(
+        t.teacher_id for t in teachers
+    )
+    assert [sum(weight[t.dataset] for t in p) for p in packs] == [8.0, 8.0]  # 16 FLOPs, halved
+    for pack in packs:  # longest first within a pack: the order it trains in
+        flops = [weight[t.dataset] for t in pack]
+        assert flops == sorted(flops, reverse=True)
+    assert teacher_packs(teachers, cfg, 2, cost=cost) == packs  # the same cut every time
+    assert teacher_packs(teachers, cfg, 1, cost=cost)[0][0].dataset == keys[1]
+    assert len(teacher_packs(teachers, cfg, 3, cost=cost)) == 3
+
+
+def test_teacher_items_keep_started_runs_and_pack_the_rest(tmp_path, monkeypatch) -> None:
+    import json
+
+    from kd_ray.orchestration import sweep
+    from kd_ray.plan import pack_id
+    from kd_ray.storage import Storage
+
+    cfg = parse_config(merged(TINY, {"grid": {"seeds": [0, 1, 2]}}))  # 6 teachers
+    teachers = _teachers(cfg)
+    ids = [t.teacher_id for t in teachers]
+    ray_dir = Storage.open(str(tmp_path))
+    # A pack that had started with teachers 0, 1 and 2, of which 0 is stored now; a lone
+    # teacher 3's run that had started; another sweep's pack, none of whose teachers are ours.
+    ray_dir.write_bytes("teachers-3x-aaaa/kd_ray_pack.json", json.dumps({"teachers": ids[:3]}).encode())
+    ray_dir.write_bytes(f"teacher-{ids[3]}/.validate_storage_marker", b"")
+    ray_dir.write_bytes("teachers-2x-bbbb/kd_ray_pack.json", json.dumps({"teachers": ["x", "y"]}).encode())
+    ray_dir.write_bytes("teachers-2x-cccc/kd_ray_pack.json", b"{not json")
+    plan = sweep.plan_sweep(cfg, check_names=False)
+    items = sweep._teacher_items(cfg, plan, ray_dir, ids[1:], slots=2)
+    got = [(item["pack_id"], [t["teacher_id"] for t in item["teachers"]]) for item in items]
+    assert got[:2] == [(f"teacher-{ids[3]}", [ids[3]]), ("teachers-3x-aaaa", ids[1:3])]
+    rest = got[2:]
+    assert sorted(tid for _, members in rest for tid in members) == sorted(ids[4:])
+    assert all(name == pack_id([plan.teacher(t) for t in members]) for name, members in rest)
+    # A private cluster cuts packs for what it holds; a joined one runs a teacher per run unless
+    # resources.max_concurrent_trials says how many run at once.
+    monkeypatch.setattr(placement.RunsThatFit, "__call__", lambda self: self.limit or 2)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert sweep._teacher_slots(cfg, 6) == 2
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert sweep._teacher_slots(cfg, 6) == 6
+    limited = parse_config(merged(TINY, {"resources": {"max_concurrent_trials": 3}}))
+    assert sweep._teacher_slots(limited, 6) == 3

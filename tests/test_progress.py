@@ -49,13 +49,13 @@ from kd_ray.orchestration.worker_setup import (
     quiet_state_api_noise,
     report_logger_name,
 )
-from kd_ray.plan import group_id, plan_sweep, stream_groups
+from kd_ray.plan import TeacherSpec, group_id, pack_id, plan_sweep, stream_groups
 
 
 def _items(stage: str, trials_per_run: int | None = None, **grid) -> list[dict]:
     plan = plan_sweep(parse_config({**TINY, "grid": {**TINY["grid"], **grid}}), check_names=False)
-    if stage == "teacher":
-        return [t.__dict__ for t in plan.teachers]
+    if stage == "teacher":  # one teacher per run, as on a cluster with a slot for each
+        return [{"pack_id": pack_id((t,)), "teachers": [t.__dict__]} for t in plan.teachers]
     return [
         {"group_id": group_id(g), "trials": [t.__dict__ for t in g]}
         for g in stream_groups(plan.trials, trials_per_run)
@@ -249,6 +249,24 @@ def test_on_a_terminal_the_quiet_line_is_rewritten_in_place():
     assert text.rstrip("\n").split("\r")[-1].rstrip() == (
         "kd-ray: teachers [########################] 2/2 done (1 failed) | 0:10 elapsed"
     )
+
+
+def test_a_teacher_pack_is_named_by_its_teachers_and_counts_their_epochs_in_turn():
+    # Two teachers of seed 0 and two of seed 1 in one run (a pack: kd_ray.cohort.teacher_packs).
+    teachers = [item["teachers"][0] for item in _items("teacher", seeds=[0, 1])]
+    pack = {"pack_id": pack_id([TeacherSpec(**t) for t in teachers]), "teachers": teachers}
+    assert run_labels("teacher", [pack]) == {
+        pack["pack_id"]: "teachers T1w T1s (synthetic seed 0), T1w T1s (synthetic seed 1)"
+    }
+    out, clock = io.StringIO(), _Clock()
+    progress = ProgressTable("teacher", [pack], 3, _BOOKS["teacher"], stream=out, clock=clock)
+    trials = [_trial("teacher", pack)]
+    progress.on_trial_start(0, trials, trials[0])
+    # The third teacher's second epoch: two teachers of 3 epochs before it.
+    result = {"epoch": 2, "val/acc": 0.5, "teacher": teachers[2]["teacher_id"], "teacher_index": 2}
+    progress.on_trial_result(1, trials, trials[0], result)
+    assert progress.fraction_done() == pytest.approx(8 / 12)
+    assert re.search(r"running\s+8/12\s+0\.500", progress.table()), progress.table()
 
 
 def test_callbacks_pickle_without_their_stream():

@@ -376,15 +376,22 @@ def test_the_workers_own_reason_is_kept_not_rays_wrapper() -> None:
 
 
 def test_teacher_failures_keep_the_workers_reason() -> None:
+    # A pack of two teachers in one run: the first diverged, the second trained.
     outcomes = TeacherOutcomes(RunBook("teacher"))
-    spec = plan_sweep(_cfg()).teachers[0]
-    outcomes.runs.record("tune-t1", {**spec.__dict__, "teacher_id": "t1"})
+    first, second = plan_sweep(_cfg()).teachers[:2]
+    pack = [{**first.__dict__, "teacher_id": "t1"}, {**second.__dict__, "teacher_id": "t2"}]
+    outcomes.runs.record("tune-t1", {"pack_id": "teachers-2x-abc", "teachers": pack})
     trial = SimpleNamespace(trial_id="tune-t1", get_error=lambda: WORKER_GROUP_ERROR)
-    outcomes.on_trial_result(0, [], trial, {"train/loss": 1.0})
+    outcomes.on_trial_result(0, [], trial, {"train/loss": 1.0, "epoch": 1, "teacher": "t1"})
     assert outcomes.errors == {}
-    outcomes.on_trial_result(0, [], trial, {STATUS_KEY: "failed", ERROR_KEY: "teacher diverged at epoch 1"})
+    final = {
+        **trial_keys("t1", {STATUS_KEY: "failed", ERROR_KEY: "teacher diverged at epoch 1"}),
+        **trial_keys("t2", {STATUS_KEY: "ok", ERROR_KEY: ""}),
+    }
+    outcomes.on_trial_result(0, [], trial, final)
     assert outcomes.errors == {"t1": "teacher diverged at epoch 1"}
-    outcomes.on_trial_error(0, [], trial)
+    outcomes.on_trial_error(0, [], trial)  # the whole run failed: every teacher gets its reason
+    assert set(outcomes.errors) == {"t1", "t2"}
     assert outcomes.errors["t1"].startswith("CheckpointError: /r/_teachers/t.pt")
 
 

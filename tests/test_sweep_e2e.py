@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -83,6 +84,15 @@ def test_each_teacher_trained_once(demo_run) -> None:
     used = {tid for ids in trials["teacher_ids"] for tid in ids}
     assert used == set(teachers["teacher_id"])
     assert all(Path(p).exists() for p in teachers["checkpoint"])
+    # 4 teachers, 2 slots: 2 Train runs (Tune trials) of 2 teachers each, trained in turn
+    # (docs/architecture.md#teacher-packs); each reported epoch names its teacher.
+    packs = []
+    for results in sorted((sweep / "_ray" / "teachers-1").glob("*/result.json")):
+        reports = [json.loads(line) for line in results.read_text().splitlines()]
+        packs.append([r["teacher"] for r in reports if "epoch" in r])
+    assert len(packs) == 2 and all(len(set(p)) == 2 for p in packs), packs
+    assert sorted(t for p in packs for t in p) == sorted(teachers["teacher_id"])  # 1 epoch each
+    assert list((sweep.parent / "_teachers" / "_ray").iterdir()) == []  # runs deleted once stored
 
 
 def test_calibration_bins_cover_each_split(demo_run) -> None:

@@ -30,8 +30,8 @@ from kd_ray.orchestration.collector import ResultsCollector, TeacherOutcomes
 from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.sweep import _comparable
 from kd_ray.overrides import apply_overrides
-from kd_ray.plan import plan_sweep
-from kd_ray.results.rows import teacher_row
+from kd_ray.plan import pack_id, plan_sweep
+from kd_ray.results.rows import teacher_row, trial_keys
 from kd_ray.storage import Storage
 from kd_ray.trackers import SWEEP_ID_FILE, Trackers, check_trackers, epochs_from_rows
 
@@ -130,7 +130,7 @@ def _teacher_stage(cfg, sweep_dir: Path, trackers: Trackers, *, trained: bool = 
     epochs = cfg.teacher.train.epochs
     if trained:
         outcomes = TeacherOutcomes(RunBook("teacher"), trackers)
-        outcomes.runs.record("tune-teacher", spec.__dict__)
+        outcomes.runs.record("tune-teacher", {"pack_id": pack_id([spec]), "teachers": [spec.__dict__]})
         tune_trial = SimpleNamespace(trial_id="tune-teacher")
         for epoch in range(1, epochs + 1):
             report = {
@@ -138,9 +138,13 @@ def _teacher_stage(cfg, sweep_dir: Path, trackers: Trackers, *, trained: bool = 
                 "train/loss": 2.0 / epoch,
                 "train/acc": 0.3 * epoch,
                 "val/acc": 0.25 * epoch,
+                "teacher": spec.teacher_id,  # a pack's reports name their teacher
+                "teacher_index": 0,
             }
             outcomes.on_trial_result(0, [], tune_trial, {**report, "lr": 0.05, "training_iteration": epoch})
-        outcomes.on_trial_result(0, [], tune_trial, {"kd_status": "ok", "kd_error": ""})
+        outcomes.on_trial_result(
+            0, [], tune_trial, trial_keys(spec.teacher_id, {"kd_status": "ok", "kd_error": ""})
+        )
     info = {"epochs": epochs, "train_acc": 0.3 * epochs, "val_acc": 0.25 * epochs, "wall_s": 3.0}
     row = teacher_row(spec, info=info, status="ok", error=None, checkpoint="x.pt")
     trackers.teacher_done(spec, row)

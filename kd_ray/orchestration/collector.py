@@ -255,9 +255,9 @@ def _trial_error(trial: Any) -> str:
 
 
 class TeacherOutcomes(DriverCallback):
-    """How each teacher run of the teacher stage failed, in the worker's words (driver side);
-    each reported epoch goes to the trackers (the run ends with the teacher's row, in the sweep).
-    ``runs`` says which teacher each Tune trial trains."""
+    """How each teacher of the teacher stage failed, in the worker's words (driver side); each
+    reported epoch goes to the trackers (the run ends with the teacher's row, in the sweep).
+    ``runs`` says which teacher pack each Tune trial trains; a report names its teacher."""
 
     DRIVER_ONLY = {"errors": {}, "trackers": None}
 
@@ -266,13 +266,22 @@ class TeacherOutcomes(DriverCallback):
         self.errors: dict[str, str] = {}
         self.trackers = trackers or Trackers([], sweep="")
 
+    def _specs(self, trial: Any) -> dict[str, TeacherSpec]:
+        item = self.runs.item(trial) or {"teachers": []}
+        return {d["teacher_id"]: TeacherSpec(**d) for d in item["teachers"]}
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        spec = TeacherSpec(**self.runs.item(trial))
-        if "epoch" in result:
-            self.trackers.teacher_epoch(spec, result)
-        status = result.get(STATUS_KEY)
-        if status is not None and status != "ok":
-            self.errors[spec.teacher_id] = result.get(ERROR_KEY) or "the teacher run returned no reason"
+        specs = self._specs(trial)
+        if "epoch" in result and result.get("teacher") in specs:
+            self.trackers.teacher_epoch(specs[result["teacher"]], result)
+        for tid in specs:
+            own = trial_report(result, tid)
+            status = own.get(STATUS_KEY)
+            if status is not None and status != "ok":
+                self.errors[tid] = own.get(ERROR_KEY) or "the teacher run returned no reason"
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.errors[self.runs.item(trial)["teacher_id"]] = _trial_error(trial)
+        # The whole pack's run failed; teachers it had stored before are ok (the sweep asks the
+        # store), so this reason only shows for the others.
+        for tid in self._specs(trial):
+            self.errors[tid] = _trial_error(trial)

@@ -64,8 +64,8 @@ _STAGE_TITLE = {"teacher": "teachers", "group": "student runs"}
 
 
 def run_key(stage: str, item: dict[str, Any]) -> str:
-    """The id of a run of ``stage``: its teacher id or stream-group id."""
-    return str(item["teacher_id"] if stage == "teacher" else item["group_id"])
+    """The id of a run of ``stage``: its teacher pack id or stream-group id."""
+    return str(item["pack_id"] if stage == "teacher" else item["group_id"])
 
 
 def _trial_run_key(stage: str, runs: RunBook, trial: Any) -> str:
@@ -75,11 +75,18 @@ def _trial_run_key(stage: str, runs: RunBook, trial: Any) -> str:
 
 
 def run_label(stage: str, item: dict[str, Any]) -> str:
-    """What a run trains, in words: ``teacher T1s digits seed 0``,
-    ``digits S_s seed 0 (8 students)``, or a lone student's trial id (which names its whole grid
-    point, swept τ, α or lr included)."""
+    """What a run trains, in words: ``teacher T1s digits seed 0``, ``teachers T1w T1s (digits
+    seed 0), T2w (digits seed 1)`` for a pack, ``digits S_s seed 0 (8 students)``, or a lone
+    student's trial id (which names its whole grid point, swept τ, α or lr included)."""
     if stage == "teacher":
-        return f"teacher {item['name']} {item['dataset']} seed {item['seed']}"
+        teachers = item["teachers"]
+        if len(teachers) == 1:
+            t = teachers[0]
+            return f"teacher {t['name']} {t['dataset']} seed {t['seed']}"
+        where: dict[str, list[str]] = {}
+        for t in teachers:
+            where.setdefault(f"{t['dataset']} seed {t['seed']}", []).append(t["name"])
+        return "teachers " + ", ".join(f"{' '.join(names)} ({w})" for w, names in where.items())
     members = item["trials"]
     first = members[0]
     if len(members) == 1:
@@ -144,11 +151,13 @@ def failed_members(result: dict[str, Any]) -> int:
 
 @dataclass
 class _Run:
-    """What the driver knows of one run (a teacher, or a stream group of students)."""
+    """What the driver knows of one run (a teacher pack, or a stream group of students)."""
 
     label: str
-    size: int  # students it trains (1 for a teacher)
-    epoch: int = 0
+    size: int  # students or teachers it trains
+    epochs: int  # epochs it trains: a group's students together, a pack's teachers in turn
+    per_epoch: int  # members that one of its epochs trains: a group's size, a pack's 1
+    epoch: int = 0  # epochs trained so far (of every teacher of a pack before it, too)
     val_acc: float | None = None
     status: str = "pending"
     failed: int = 0  # students (or the teacher) that its final report says failed
@@ -176,10 +185,7 @@ class _Progress(DriverCallback):
         self.stream = stream
         self.clock = clock
         labels = run_labels(stage, items)
-        self.runs = {
-            key: _Run(labels[key], 1 if stage == "teacher" else len(item["trials"]))
-            for key, item in zip(labels, items, strict=True)
-        }
+        self.runs = {key: self._new_run(labels[key], item) for key, item in zip(labels, items, strict=True)}
         self.started: float | None = None
         self.changes = 0  # bumped by every update of a run, so a display knows what is new
 
@@ -187,10 +193,17 @@ class _Progress(DriverCallback):
     def out(self) -> TextIO:
         return self.stream or sys.stdout
 
+    def _new_run(self, label: str, item: dict[str, Any]) -> _Run:
+        if self.stage == "teacher":
+            n = len(item["teachers"])
+            return _Run(label, n, epochs=n * self.epochs, per_epoch=1)
+        n = len(item["trials"])
+        return _Run(label, n, epochs=self.epochs, per_epoch=n)
+
     def _run(self, trial: Any) -> _Run:
         key = _trial_run_key(self.stage, self.book, trial)
         if key not in self.runs:  # not one of the items: keep it visible anyway
-            self.runs[key] = _Run(key, 1)
+            self.runs[key] = _Run(key, 1, epochs=self.epochs, per_epoch=1)
         return self.runs[key]
 
     def _elapsed(self) -> float:
@@ -215,7 +228,8 @@ class _Progress(DriverCallback):
         run.status = "running"
         self.changes += 1
         if isinstance(result.get("epoch"), (int, float)):
-            run.epoch = int(result["epoch"])
+            # A pack's teachers train in turn: the epochs of those before this one count too.
+            run.epoch = int(result["epoch"]) + int(result.get("teacher_index", 0)) * self.epochs
             run.val_acc = mean_val_acc(result)
         elif any(report_field(k) == STATUS_KEY for k in result):
             run.failed = failed_members(result)
@@ -239,10 +253,11 @@ class _Progress(DriverCallback):
         return out
 
     def fraction_done(self) -> float:
-        """The share of the stage's work done: epochs trained, weighted by students per run."""
-        total = sum(run.size * self.epochs for run in self.runs.values())
+        """The share of the stage's work done: member-epochs trained (a group's epoch trains
+        all its students, a pack's one teacher)."""
+        total = sum(run.per_epoch * run.epochs for run in self.runs.values())
         done = sum(
-            run.size * (self.epochs if run.status in ("done", "failed") else min(run.epoch, self.epochs))
+            run.per_epoch * (run.epochs if run.status in ("done", "failed") else min(run.epoch, run.epochs))
             for run in self.runs.values()
         )
         return done / total if total else 1.0
@@ -290,7 +305,7 @@ class ProgressTable(_Progress):
             status = run.status
             if run.failed and status == "done":
                 status = f"done, {run.failed} failed"
-            epoch = f"{run.epoch}/{self.epochs}" if run.epoch else "-"
+            epoch = f"{run.epoch}/{run.epochs}" if run.epoch else "-"
             acc = f"{run.val_acc:.3f}" if run.val_acc is not None else "-"
             lines.append(f"  {run.label:<{width}}  {status:<10} {epoch:>7}  {acc:>12}")
         if len(runs) > len(shown):
@@ -317,7 +332,7 @@ class ProgressTable(_Progress):
         acc = f", mean val acc {run.val_acc:.3f}" if run.val_acc is not None else ""
         failed = f" ({run.failed} of {run.size} failed)" if run.failed and run.status == "done" else ""
         print(
-            f"kd-ray: {run.status}: {run.label}, epoch {run.epoch}/{self.epochs}{acc}{failed}",
+            f"kd-ray: {run.status}: {run.label}, epoch {run.epoch}/{run.epochs}{acc}{failed}",
             file=self.out,
             flush=True,
         )

@@ -60,6 +60,7 @@ from kd_ray.plan import (
     fingerprint,
     group_id,
     numerics,
+    pack_id,
     plan_sweep,
     trial_fingerprint_content,
 )
@@ -435,6 +436,54 @@ def _user_error(err: BaseException) -> KdRayError | None:
     return None
 
 
+def _teacher_slots(cfg: SweepConfig, count: int) -> int:
+    """The teacher runs at once that the teacher packs are cut for: what the private cluster
+    holds (it cannot grow) or ``resources.max_concurrent_trials``. On a joined cluster without
+    that limit, one run per teacher, so its autoscaler sees every teacher's demand at once."""
+    from kd_ray.orchestration.placement import RunsThatFit
+
+    if os.environ.get("RAY_ADDRESS") and not cfg.resources.max_concurrent_trials:
+        return count
+    return RunsThatFit.of(cfg, cfg.resources.teacher_workers, _TRIAL_FN_CPU)()
+
+
+def _teacher_items(
+    cfg: SweepConfig, plan: SweepPlan, ray_dir: Storage, ids: list[str], slots: int
+) -> list[dict[str, Any]]:
+    """The Tune items of the teacher stage: the teachers ``ids`` in packs, each pack one Train
+    run that trains its teachers in turn (docs/architecture.md#teacher-packs).
+
+    A run that had started keeps its unstored teachers, so they continue from its checkpoints
+    whatever the cut is now: a pack's run directory holds ``kd_ray_pack.json``, a lone teacher's
+    is named by it (``teacher-<id>``). The other teachers are cut by
+    :func:`kd_ray.cohort.teacher_packs` for ``slots`` runs at once.
+    """
+    import json
+
+    from kd_ray.cohort import teacher_packs
+    from kd_ray.orchestration.trials import PACK_MANIFEST
+
+    wanted = {tid: plan.teacher(tid) for tid in ids}
+    items: list[dict[str, Any]] = []
+    for name in sorted(ray_dir.listdir()):
+        if not wanted:
+            break
+        members = [name.removeprefix("teacher-")]
+        if ray_dir.exists(f"{name}/{PACK_MANIFEST}"):
+            try:
+                members = json.loads(ray_dir.read_bytes(f"{name}/{PACK_MANIFEST}"))["teachers"]
+            except (ValueError, KeyError, TypeError, OSError):
+                continue
+        elif not name.startswith("teacher-"):
+            continue
+        kept = [wanted.pop(tid) for tid in members if tid in wanted]
+        if kept:
+            items.append({"pack_id": name, "teachers": [t.__dict__ for t in kept]})
+    for pack in teacher_packs(list(wanted.values()), cfg, slots):
+        items.append({"pack_id": pack_id(pack), "teachers": [t.__dict__ for t in pack]})
+    return items
+
+
 def _train_teachers(
     cfg,
     plan: SweepPlan,
@@ -460,19 +509,23 @@ def _train_teachers(
         from kd_ray.orchestration.collector import TeacherOutcomes
         from kd_ray.orchestration.trials import teacher_trial
 
-        log.info(
-            "training %d teacher(s); %d found already trained", len(ids), len(plan.teachers) - len(missing)
-        )
         runs = RunBook("teacher")
         outcomes = TeacherOutcomes(runs, trackers)
-        items = [plan.teacher(tid).__dict__ for tid in ids]
+        ray_dir = store.storage.child("_ray")
+        items = _teacher_items(cfg, plan, ray_dir, ids, _teacher_slots(cfg, len(ids)))
+        log.info(
+            "training %d teacher(s) in %d run(s); %d found already trained",
+            len(ids),
+            len(items),
+            len(plan.teachers) - len(missing),
+        )
         _tune(
             cfg,
             sweep,
             "teacher",
             teacher_trial,
             items,
-            {**base, "ray_storage": store.storage.child("_ray").uri},
+            {**base, "ray_storage": ray_dir.uri},
             [outcomes],
             verbose,
             runs,

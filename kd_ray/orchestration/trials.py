@@ -1,18 +1,18 @@
-"""Tune function trainables: each drives one Ray Train run (a teacher, or a stream group of
-student trials that share their data stream).
+"""Tune function trainables: each drives one Ray Train run (a teacher pack: one or more teachers
+trained one after another; or a stream group of student trials that share their data stream).
 
 Ray 2.60 (Train V2) cannot take a Trainer inside a Tuner; the supported form is a Tune
 function that builds a ``TorchTrainer`` and fits it. The Train run is named after the teacher or
-trial id — never a timestamp — so a rerun of the same trial (driver resume, Tune retry) picks up
+pack id — never a timestamp — so a rerun of the same trial (driver resume, Tune retry) picks up
 its latest epoch checkpoint. Per-epoch metrics reach Tune through ``TuneReportCallback``; the
 function then reports one final ``kd_status`` result so the collector knows how the trial ended.
 
 Before a run starts, a truncated ``checkpoint_manager_snapshot.json`` (a kill while Ray wrote it)
 is set aside, so the run falls back to its newest usable checkpoint instead of failing on every
 resume. A stream group's run directory holds ``kd_ray_group.json``, the trials it trains, so a
-resumed sweep continues the group as it was (even if ``trials_per_run`` changed). A teacher's
-run directory is deleted once the teacher is stored; a group's, by the collector, once its rows
-are written.
+resumed sweep continues the group as it was (even if ``trials_per_run`` changed); a pack of
+several teachers likewise holds ``kd_ray_pack.json``. A pack's run directory is deleted once
+its teachers are all stored; a group's, by the collector, once its rows are written.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ STATUS_KEY = "kd_status"
 ERROR_KEY = "kd_error"
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 GROUP_MANIFEST = "kd_ray_group.json"
+PACK_MANIFEST = "kd_ray_pack.json"
 
 
 class TrialError(RuntimeError):
@@ -157,29 +158,43 @@ def _fit(
     return result.return_value or {}
 
 
+def _write_manifest(config: dict[str, Any], name: str, manifest: str, content: dict[str, Any]) -> None:
+    """Write down, once, which members run ``name``'s checkpoints are for (read by ``--resume``)."""
+    run_dir = Storage.open(config["ray_storage"]).child(name)
+    if not run_dir.exists(manifest):
+        run_dir.write_bytes(manifest, json.dumps(content).encode())
+
+
+def _final_report(ids: list[str], outcome: dict[str, Any]) -> dict[str, Any]:
+    """The run's last Tune report: how each member ended (``{id}::kd_status``, ``{id}::kd_error``)."""
+    status, errors = outcome.get("status", {}), outcome.get("error", {})
+    final: dict[str, Any] = {}
+    for member in ids:
+        error = errors.get(member) or ("" if member in status else "the run returned no status")
+        final.update(trial_keys(member, {STATUS_KEY: status.get(member, "failed"), ERROR_KEY: error}))
+    return final
+
+
 def group_trial(config: dict[str, Any]) -> None:
     """Tune function of one stream group: one Ray Train run that trains all its student trials."""
     group = config["group"]
     cfg = parse_config(config["sweep"])
-    run_dir = Storage.open(config["ray_storage"]).child(group["group_id"])
-    if not run_dir.exists(GROUP_MANIFEST):  # the members its checkpoints hold, for --resume
-        members = {"group_id": group["group_id"], "trials": [t["trial_id"] for t in group["trials"]]}
-        run_dir.write_bytes(GROUP_MANIFEST, json.dumps(members).encode())
+    ids = [t["trial_id"] for t in group["trials"]]
+    _write_manifest(config, group["group_id"], GROUP_MANIFEST, {"group_id": group["group_id"], "trials": ids})
     outcome = _fit(student_worker, group["group_id"], cfg, config, cfg.resources.num_workers)
-    status, errors = outcome.get("status", {}), outcome.get("error", {})
-    final = {}
-    for trial in group["trials"]:
-        tid = trial["trial_id"]
-        error = errors.get(tid) or ("" if tid in status else "the run returned no status")
-        final.update(trial_keys(tid, {STATUS_KEY: status.get(tid, "failed"), ERROR_KEY: error}))
-    ray.tune.report(final)
+    ray.tune.report(_final_report(ids, outcome))
 
 
 def teacher_trial(config: dict[str, Any]) -> None:
-    """Tune function that trains one teacher."""
+    """Tune function of one teacher pack: one Ray Train run that trains its teachers in turn."""
+    pack = config["teacher"]
     cfg = parse_config(config["sweep"])
-    name = f"teacher-{config['teacher']['teacher_id']}"
+    name = pack["pack_id"]
+    ids = [t["teacher_id"] for t in pack["teachers"]]
+    if len(ids) > 1:
+        _write_manifest(config, name, PACK_MANIFEST, {"pack_id": name, "teachers": ids})
     outcome = _fit(teacher_worker, name, cfg, config, cfg.resources.teacher_workers)
-    if outcome.get("status") == "ok":  # stored in the teacher store: its checkpoints are done
+    final = _final_report(ids, outcome)
+    if all(outcome.get("status", {}).get(tid) == "ok" for tid in ids):  # all stored: checkpoints done
         delete_run(config["ray_storage"], name)
-    ray.tune.report({STATUS_KEY: outcome.get("status", "failed"), ERROR_KEY: outcome.get("error") or ""})
+    ray.tune.report(final)

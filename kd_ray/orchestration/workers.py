@@ -117,6 +117,14 @@ def _candidates(config: dict[str, Any]) -> Iterator[ray.train.Checkpoint]:
 _CHECKPOINT_DIR = re.compile(r"^checkpoint_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d(\.\d+)?$")
 
 
+def _digests(state: dict[str, Any]) -> set[str]:
+    """The fingerprint digests a checkpoint's state says it holds."""
+    found = state.get("fingerprint")
+    if not isinstance(found, dict):
+        return set()
+    return {str(v.get("digest")) for v in found.values() if isinstance(v, dict)}
+
+
 def _problem(state: dict[str, Any], fingerprints: Fingerprints) -> str | None:
     if state.get("format") != STATE_FORMAT:
         return f"its format is {state.get('format')!r}, not {STATE_FORMAT!r} (written by another kd_ray)"
@@ -124,10 +132,18 @@ def _problem(state: dict[str, Any], fingerprints: Fingerprints) -> str | None:
 
 
 def _restore(
-    run: Any, config: dict[str, Any], fingerprints: Fingerprints, labels: list[str]
+    run: Any,
+    config: dict[str, Any],
+    fingerprints: Fingerprints,
+    labels: list[str],
+    packmates: frozenset[str] = frozenset(),
 ) -> tuple[int, list[dict[str, Any]]]:
     """Load the newest usable checkpoint into ``run``: (first epoch to train, the reports of the
-    epochs it covers, oldest first; the last one whole, earlier ones without calibration bins)."""
+    epochs it covers, oldest first; the last one whole, earlier ones without calibration bins).
+
+    Checkpoints of ``packmates`` (the digests of the other teachers a teacher pack trains in the
+    same Train run) are passed over without a word: they are expected there.
+    """
     skipped: list[str] = []
     restored: tuple[int, list[dict[str, Any]]] | None = None
     for checkpoint in _candidates(config):
@@ -135,6 +151,8 @@ def _restore(
         try:
             with checkpoint.as_directory() as d:
                 state = load_file(os.path.join(d, STATE_FILE))
+                if packmates and _digests(state) & packmates:
+                    continue
                 problem = _problem(state, fingerprints)
                 if problem is None:
                     run.load_state_dict(state["run"])
@@ -290,38 +308,59 @@ def student_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Train loop of one teacher; rank 0 stores the trained weights in the teacher store."""
+    """Train loop of a teacher pack, one teacher after another (docs/architecture.md#teacher-packs);
+    rank 0 stores each trained teacher's weights in the teacher store.
+
+    A teacher already in the store (trained by an earlier attempt of this run) is skipped, so a
+    restarted run goes on where it stopped. Each epoch's report names its teacher (``teacher``,
+    and ``teacher_index``, its place in the pack); a teacher that diverges fails alone and the
+    next one trains. Returns how each teacher ended: ``{"status": {id: ...}, "error": {id: ...}}``.
+    """
     from kd_ray.data import DATASETS
     from kd_ray.train.teacher import TeacherRun
 
-    started = time.perf_counter()
     cfg = parse_config(config["sweep"])
-    spec = TeacherSpec(**config["teacher"])
+    specs = [TeacherSpec(**d) for d in config["teacher"]["teachers"]]
     runtime, rank, world_size = _setup(cfg)
-    dcfg = cfg.dataset(spec.dataset)
-    datasets = DATASETS.get(dcfg.name)(dcfg)
-    run = TeacherRun(
-        cfg, spec, datasets, runtime, rank=rank, world_size=world_size, wrap=_wrapper(runtime, world_size)
-    )
-    fingerprints = teacher_fingerprints(spec)
-    start, done = _restore(run, config, fingerprints, [f"teacher {spec.teacher_id}"])
-    _reannounce(done)
-    report = done[-1] if done else {}
-    history = [_without_calibration(r) for r in done]
-    for epoch in range(start, cfg.teacher.train.epochs + 1):
-        report = run.run_epoch(epoch)
-        if run.failure:  # judged by the loop, as a student's is (kd_ray.train.teacher)
-            return {"status": "failed", "error": run.failure}
-        _report(run, epoch, report, rank, fingerprints, history)
-    if rank == 0:
-        info = {
-            "epochs": cfg.teacher.train.epochs,
-            "train_acc": report.get("train/acc"),
-            "val_acc": report.get("val/acc"),
-            "val_acc_top5": report.get("val/acc_top5"),  # ImageNet family only (docs/metrics.md#acc_top5)
-            "wall_s": time.perf_counter() - started,  # this attempt only, after a resume
-        }
-        TeacherStore(Storage.open(config["teacher_store"])).save(
-            run.model, spec, num_classes=datasets.num_classes, info=info
+    store = TeacherStore(Storage.open(config["teacher_store"]))
+    datasets: dict[str, Any] = {}
+    status: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for index, spec in enumerate(specs):
+        if store.has(spec.teacher_id):
+            status[spec.teacher_id] = "ok"
+            continue
+        started = time.perf_counter()
+        dcfg = cfg.dataset(spec.dataset)
+        if dcfg.key not in datasets:
+            datasets[dcfg.key] = DATASETS.get(dcfg.name)(dcfg)
+        data = datasets[dcfg.key]
+        run = TeacherRun(
+            cfg, spec, data, runtime, rank=rank, world_size=world_size, wrap=_wrapper(runtime, world_size)
         )
-    return {"status": "ok"}
+        fingerprints = teacher_fingerprints(spec)
+        packmates = frozenset(s.teacher_id for s in specs) - {spec.teacher_id}
+        start, done = _restore(run, config, fingerprints, [f"teacher {spec.teacher_id}"], packmates)
+        _reannounce(done)
+        report = done[-1] if done else {}
+        history = [_without_calibration(r) for r in done]
+        names = {"teacher": spec.teacher_id, "teacher_index": index}
+        for epoch in range(start, cfg.teacher.train.epochs + 1):
+            report = run.run_epoch(epoch)
+            if run.failure:  # judged by the loop, as a student's is (kd_ray.train.teacher)
+                break
+            _report(run, epoch, {**report, **names}, rank, fingerprints, history)
+        if run.failure:
+            status[spec.teacher_id], errors[spec.teacher_id] = "failed", run.failure
+            continue
+        if rank == 0:
+            info = {
+                "epochs": cfg.teacher.train.epochs,
+                "train_acc": report.get("train/acc"),
+                "val_acc": report.get("val/acc"),
+                "val_acc_top5": report.get("val/acc_top5"),  # ImageNet family only (docs/metrics.md#acc_top5)
+                "wall_s": time.perf_counter() - started,  # this attempt only, after a resume
+            }
+            store.save(run.model, spec, num_classes=data.num_classes, info=info)
+        status[spec.teacher_id] = "ok"
+    return {"status": status, "error": errors}

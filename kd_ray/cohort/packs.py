@@ -1,0 +1,38 @@
+"""Teacher packs: a sweep's teachers cut into at most one run per slot, balanced by cost.
+
+Every Train run pays a fixed cost to start and stop its processes (about 20 s on a 2-core
+machine, benchmarks/RESULTS.md), so on a cluster that cannot grow, training ``n`` teachers on
+``s < n`` slots as ``n`` runs pays it ``n / s`` times per slot where one run per slot pays it
+once. A pack is the teachers one run trains one after another.
+
+Each teacher goes to the slot that frees first, longest first (:func:`lpt_schedule` on the
+cost model's FLOPs of training it), so the packs end close together; within a pack the teachers
+train in that order. The cut depends only on the teachers, the config and ``slots``, so a
+resumed sweep on the same cluster cuts the same packs and finds their run directories again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kd_ray.cohort.cost import CostModel
+from kd_ray.cohort.schedule import lpt_schedule
+from kd_ray.config import SweepConfig
+from kd_ray.plan import TeacherSpec
+
+
+def teacher_packs(
+    teachers: Sequence[TeacherSpec], cfg: SweepConfig, slots: int, *, cost: CostModel | None = None
+) -> list[tuple[TeacherSpec, ...]]:
+    """``teachers`` as at most ``slots`` packs, one teacher each when there are slots enough.
+
+    Packs come in slot order; a pack's teachers in the order they train (longest first).
+    """
+    if slots >= len(teachers):
+        return [(t,) for t in teachers]
+    cost = cost or CostModel.from_config(cfg)
+    _, placed = lpt_schedule([cost.teacher_flops(t) for t in teachers], slots)
+    by_slot: dict[int, list[tuple[float, int]]] = {}
+    for i, (slot, start) in enumerate(placed):
+        by_slot.setdefault(slot, []).append((start, i))
+    return [tuple(teachers[i] for _, i in sorted(by_slot[slot])) for slot in sorted(by_slot)]
