@@ -669,14 +669,19 @@ def section_orchestration(mode: str, args: argparse.Namespace, work: Path) -> Se
             f"{sum(c for _, _, c in rest) / sampled:.0%} |"
         )
     up, total = (ray_line.split() + ["?", "?"])[:2]
+    from kd_ray.cohort import teacher_packs
+    from kd_ray.plan import plan_sweep
+
+    packs = teacher_packs(plan_sweep(cfg).teachers, cfg, processes)  # as the sweep cuts them
     lines += [
         "",
         f"Ray start-up alone (`ray.init(address='local', include_dashboard=False)` then "
         f"`ray.shutdown()` in a fresh Python, import included): {up} s to start, {total} s with the "
         f"shutdown ({ray_wall:.1f} s for the process). The demo sweep starts "
-        f"{plains[0]['teacher_runs'] + plains[0]['student_runs']} Train runs ({plains[0]['teacher_runs']} "
-        f"teachers, then {plains[0]['student_runs']} stream groups), each a Tune trial with its own "
-        "Train controller and worker processes.",
+        f"{len(packs) + plains[0]['student_runs']} Train runs ({len(packs)} teacher pack(s) of "
+        f"{'/'.join(str(len(p)) for p in packs)} of its {plains[0]['teacher_runs']} teachers, "
+        f"docs/architecture.md#teacher-packs; then {plains[0]['student_runs']} stream groups), each a "
+        "Tune trial with its own Train controller and worker processes.",
         "",
     ]
     return sec
