@@ -225,6 +225,28 @@ def test_a_diverging_teacher_says_so_and_a_sane_one_does_not(setup) -> None:
     assert run.failure == f"teacher diverged at epoch 1: loss {report['train/loss']}"
 
 
+def test_a_teacher_trained_after_another_in_one_process_equals_the_teacher_alone(setup) -> None:
+    # A teacher pack trains its teachers one after another in one worker
+    # (docs/architecture.md#teacher-packs), and the store keys a teacher by its id alone, so a
+    # teacher must not depend on what ran before it in the process: its seeds are its own.
+    cfg, plan, datasets, _ = setup
+    first, second = plan.teachers[:2]
+
+    def second_teacher() -> dict[str, torch.Tensor]:
+        run = TeacherRun(cfg, second, datasets, CPU)
+        run.run_epoch(1)
+        return run.model.state_dict()
+
+    torch.manual_seed(12345)  # alone, from some other state of the global generator
+    alone = second_teacher()
+    TeacherRun(cfg, first, datasets, CPU).run_epoch(1)  # in a pack: after its packmate
+    torch.rand(7)
+    packed = second_teacher()
+    assert alone.keys() == packed.keys()
+    for name in alone:
+        assert torch.equal(alone[name], packed[name]), name
+
+
 def test_teacher_checkpoint_refuses_another_teacher(setup) -> None:
     model = create_model("cnn_tiny", num_classes=4, in_channels=3)
     data = teacher_bytes(model, teacher_id="a", arch="cnn_tiny", num_classes=4)
