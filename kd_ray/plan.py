@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from kd_ray.config import KD_AXES, DatasetConfig, SweepConfig
@@ -104,8 +104,12 @@ def stream_groups(
 def group_id(group: Sequence[StudentTrial]) -> str:
     """A stable name for a group of trials (its Ray Train run name): stream plus member hash."""
     dataset, aug, seed = stream_key(group[0])
-    members = hashlib.sha256("\n".join(sorted(t.trial_id for t in group)).encode()).hexdigest()[:8]
-    return f"{dataset}-S{aug}-s{seed}-{len(group)}x-{members}"
+    return f"{dataset}-S{aug}-s{seed}-{len(group)}x-{_members_digest(t.trial_id for t in group)}"
+
+
+def _members_digest(ids: Iterable[str]) -> str:
+    """A short hash of a run's member ids, whatever their order."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:8]
 
 
 def pack_id(pack: Sequence[TeacherSpec]) -> str:
@@ -113,8 +117,7 @@ def pack_id(pack: Sequence[TeacherSpec]) -> str:
     teacher, else how many teachers and a hash of their ids."""
     if len(pack) == 1:
         return f"teacher-{pack[0].teacher_id}"
-    members = hashlib.sha256("\n".join(sorted(t.teacher_id for t in pack)).encode()).hexdigest()[:8]
-    return f"teachers-{len(pack)}x-{members}"
+    return f"teachers-{len(pack)}x-{_members_digest(t.teacher_id for t in pack)}"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ once. A pack is the teachers one run trains one after another.
 
 Each teacher goes to the slot that frees first, longest first (:func:`lpt_schedule` on the
 cost model's FLOPs of training it), so the packs end close together; within a pack the teachers
-train in that order. The cut depends only on the teachers, the config and ``slots``, so a
-resumed sweep on the same cluster cuts the same packs and finds their run directories again.
+train in that order. The cut is of the teachers given (the sweep gives those not yet trained and
+not in a pack that had started: a resumed sweep keeps started packs whole, from the list of
+teachers in their run directories, ``kd_ray.orchestration.sweep._teacher_items``).
 """
 
 from __future__ import annotations

@@ -436,6 +436,37 @@ def _user_error(err: BaseException) -> KdRayError | None:
     return None
 
 
+def _started_runs(
+    ray_dir: Storage, manifest: str, key: str, wanted: dict[str, Any], *, lone: str | None = None
+) -> list[tuple[str, list[Any]]]:
+    """The runs under ``ray_dir`` that had started, with their members still in ``wanted``
+    (popped from it, in the run's order): (run name, members), runs with none left out.
+
+    A run's members are the ``key`` list of the ``manifest`` in its directory (an unreadable
+    manifest counts as no run); with ``lone``, a directory named ``lone + member`` without one
+    is a run of that member alone.
+    """
+    import json
+
+    found = []
+    for name in ray_dir.listdir():
+        if not wanted:
+            break
+        if ray_dir.exists(f"{name}/{manifest}"):
+            try:
+                members = json.loads(ray_dir.read_bytes(f"{name}/{manifest}"))[key]
+            except (ValueError, KeyError, TypeError, OSError):
+                continue
+        elif lone and name.startswith(lone):
+            members = [name.removeprefix(lone)]
+        else:
+            continue
+        kept = [wanted.pop(m) for m in members if m in wanted]
+        if kept:
+            found.append((name, kept))
+    return found
+
+
 def _teacher_slots(cfg: SweepConfig, count: int) -> int:
     """The teacher runs at once that the teacher packs are cut for: what the private cluster
     holds (it cannot grow) or ``resources.max_concurrent_trials``. On a joined cluster without
@@ -458,27 +489,14 @@ def _teacher_items(
     is named by it (``teacher-<id>``). The other teachers are cut by
     :func:`kd_ray.cohort.teacher_packs` for ``slots`` runs at once.
     """
-    import json
-
     from kd_ray.cohort import teacher_packs
     from kd_ray.orchestration.trials import PACK_MANIFEST
 
     wanted = {tid: plan.teacher(tid) for tid in ids}
-    items: list[dict[str, Any]] = []
-    for name in sorted(ray_dir.listdir()):
-        if not wanted:
-            break
-        members = [name.removeprefix("teacher-")]
-        if ray_dir.exists(f"{name}/{PACK_MANIFEST}"):
-            try:
-                members = json.loads(ray_dir.read_bytes(f"{name}/{PACK_MANIFEST}"))["teachers"]
-            except (ValueError, KeyError, TypeError, OSError):
-                continue
-        elif not name.startswith("teacher-"):
-            continue
-        kept = [wanted.pop(tid) for tid in members if tid in wanted]
-        if kept:
-            items.append({"pack_id": name, "teachers": [t.__dict__ for t in kept]})
+    items = [
+        {"pack_id": name, "teachers": [t.__dict__ for t in kept]}
+        for name, kept in _started_runs(ray_dir, PACK_MANIFEST, "teachers", wanted, lone="teacher-")
+    ]
     for pack in teacher_packs(list(wanted.values()), cfg, slots):
         items.append({"pack_id": pack_id(pack), "teachers": [t.__dict__ for t in pack]})
     return items
@@ -694,23 +712,14 @@ def _group_items(
     same id removed. The rest are cut into runs by the cohort planner for ``slots`` concurrent
     runs (:func:`_student_runs`), longest first.
     """
-    import json
-
     from kd_ray.orchestration.trials import GROUP_MANIFEST, delete_run
 
     ray_dir = sweep.child("_ray")
     by_id = {t.trial_id: t for t in runnable if t.trial_id not in scratch}
-    items: list[dict[str, Any]] = []
-    for name in ray_dir.listdir():
-        if not by_id or not ray_dir.exists(f"{name}/{GROUP_MANIFEST}"):
-            continue
-        try:
-            members = json.loads(ray_dir.read_bytes(f"{name}/{GROUP_MANIFEST}"))["trials"]
-        except (ValueError, KeyError, TypeError, OSError):
-            continue
-        kept = [by_id.pop(tid) for tid in members if tid in by_id]
-        if kept:
-            items.append({"group_id": name, "trials": kept})
+    items = [
+        {"group_id": name, "trials": kept}
+        for name, kept in _started_runs(ray_dir, GROUP_MANIFEST, "trials", by_id)
+    ]
     order = {t.trial_id: i for i, t in enumerate(runnable)}
     items.sort(key=lambda item: order[item["trials"][0].trial_id])
     for group in _student_runs(cfg, plan, list(by_id.values()), slots):

@@ -323,6 +323,7 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
     specs = [TeacherSpec(**d) for d in config["teacher"]["teachers"]]
     runtime, rank, world_size = _setup(cfg)
     store = TeacherStore(Storage.open(config["teacher_store"]))
+    pack = frozenset(s.teacher_id for s in specs)
     datasets: dict[str, Any] = {}
     status: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -339,7 +340,7 @@ def teacher_worker(config: dict[str, Any]) -> dict[str, Any]:
             cfg, spec, data, runtime, rank=rank, world_size=world_size, wrap=_wrapper(runtime, world_size)
         )
         fingerprints = teacher_fingerprints(spec)
-        packmates = frozenset(s.teacher_id for s in specs) - {spec.teacher_id}
+        packmates = pack - {spec.teacher_id}
         start, done = _restore(run, config, fingerprints, [f"teacher {spec.teacher_id}"], packmates)
         _reannounce(done)
         report = done[-1] if done else {}
