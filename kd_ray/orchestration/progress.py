@@ -160,7 +160,7 @@ class _Run:
     epoch: int = 0  # epochs trained so far (of every teacher of a pack before it, too)
     val_acc: float | None = None
     status: str = "pending"
-    failed: int = 0  # students (or the teacher) that its final report says failed
+    failed: int = 0  # members (students or teachers) that its final report says failed
 
 
 class _Progress(DriverCallback):
