@@ -120,7 +120,7 @@ def test_a_teacher_pack_killed_mid_way_keeps_its_stored_teacher_and_resumes_the_
         {
             "teacher": {"train": {"epochs": 20}},  # seconds of training per teacher: time to kill
             "student": {"train": {"epochs": 1}},
-            "grid": {"permutations": ["T1w_Sw", "T1s_Ss"]},
+            "grid": {"permutations": ["T1w_Sw", "T1s_Sw"]},  # two teachers, one student run
             "resources": {"max_concurrent_trials": 1},
         },
     )
