@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -41,12 +42,14 @@ def _plan_summary(plan) -> str:
 def _print_cohorts(cfg, plan, *, gpus: int | None, cpus: float | None) -> None:
     """The cost of the plan on a cluster of ``gpus`` GPUs or ``cpus`` CPUs: runs, GPU-hours,
     makespan against its lower bound, saving against one run per trial (kd_ray.cohort)."""
-    from kd_ray.cohort import plan_cohorts, slots_for
+    from kd_ray.cohort import packs_teachers, plan_cohorts, slots_for
 
     where = f"{gpus} GPU(s)" if gpus is not None else f"{cpus:g} CPU(s)"
     slots = slots_for(cfg, gpus=gpus, cpus=cpus)
+    # The teachers as the sweep launched from here would cut them (docs/architecture.md#teacher-packs).
+    packed = packs_teachers(cfg, joined=bool(os.environ.get("RAY_ADDRESS")))
     print(f"\ncost on {where} ({slots} concurrent run(s)):")
-    print(plan_cohorts(plan, cfg, slots).format())
+    print(plan_cohorts(plan, cfg, slots, pack_teachers=packed).format())
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -61,8 +64,6 @@ def _sweep(args: argparse.Namespace) -> int:
             _print_cohorts(cfg, plan, gpus=args.gpus, cpus=args.cpus)
         print(f"\n{_plan_summary(plan)}")
         return 0
-    import os
-
     from kd_ray.orchestration.preflight import check_ray_address
     from kd_ray.trackers import check_trackers
 

@@ -560,3 +560,43 @@ def test_dry_run_with_gpus_prints_the_cost_of_the_plan(capsys: pytest.CaptureFix
         "saving against one run per trial",
     ):
         assert words in out
+
+
+def test_teacher_phase_counts_a_run_per_pack_where_the_sweep_packs(monkeypatch, capsys) -> None:
+    """The teacher phase is priced as the sweep runs it: packed on a cluster that cannot grow
+    (one start-up per pack), one run per teacher on a joined cluster without a run cap."""
+    from kd_ray.cli import main
+    from kd_ray.cohort import packs_teachers, teacher_packs
+
+    cfg = load_config(REPO / "experiments" / "digits_study.yaml")  # 18 teachers
+    plan = plan_sweep(cfg)
+    cost = CostModel.from_config(cfg)
+    res = cfg.resources
+    scale = res.num_workers / res.teacher_workers
+    each = [cost.seconds(cost.teacher_flops(t) * scale) for t in plan.teachers]
+    alone = plan_cohorts(plan, cfg, 2, cost=cost, pack_teachers=False)
+    packed = plan_cohorts(plan, cfg, 2, cost=cost)
+    assert (alone.teachers, alone.teacher_runs, packed.teachers, packed.teacher_runs) == (18, 18, 18, 2)
+    assert alone.teacher_work_s == pytest.approx(sum(each))
+    assert alone.teacher_makespan_s == pytest.approx(lpt_schedule(each, 2)[0])
+    # Packed: the same training, 16 fewer start-ups; each pack one run, the longer one last to end.
+    assert packed.teacher_work_s == pytest.approx(sum(each) - 16 * cost.run_overhead_s)
+    packs = teacher_packs(plan.teachers, cfg, 2, cost=cost)
+    assert packed.teacher_makespan_s == pytest.approx(
+        max(cost.seconds(sum(cost.teacher_flops(t) for t in p) * scale) for p in packs)
+    )
+    assert packed.teacher_makespan_s < alone.teacher_makespan_s
+    assert "for 18 teacher(s) in 2 run(s)" in packed.format()
+    assert "for 18 teacher(s) in 18 run(s)" in alone.format()
+    # Which one the sweep does, and so what --dry-run prints from where it is run.
+    assert packs_teachers(cfg, joined=False)
+    assert not packs_teachers(cfg, joined=True)
+    capped = cfg.model_copy(update={"resources": res.model_copy(update={"max_concurrent_trials": 2})})
+    assert packs_teachers(capped, joined=True)
+    path = str(REPO / "experiments" / "digits_study.yaml")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for address, runs in ((None, 2), ("127.0.0.1:6379", 18)):
+        if address:
+            monkeypatch.setenv("RAY_ADDRESS", address)
+        assert main(["sweep", path, "--dry-run", "--cpus", "2"]) == 0
+        assert f"for 18 teacher(s) in {runs} run(s)" in capsys.readouterr().out

@@ -25,9 +25,10 @@ Where each part lives (each module's docstring says more):
 * :mod:`~kd_ray.cohort.program`: cuts as an integer program: the exact cuts and
   ``cut_lower_bound(streams, slots, cost, floor_s, ceiling_s) -> float``.
 * :mod:`~kd_ray.cohort.packs`: ``teacher_packs(teachers, cfg, slots, *, cost=None)``, the teachers
-  cut into at most one run per slot on a cluster that cannot grow.
+  cut into at most one run per slot on a cluster that cannot grow, and
+  ``packs_teachers(cfg, *, joined) -> bool``, whether a sweep packs them.
 * :mod:`~kd_ray.cohort.plan`: ``plan_cohorts(plan, cfg, slots, *, cost=None, tolerance=0.02,
-  trials=None, teachers=None) -> CohortPlan``; :class:`CohortPlan` (``runs`` of
+  trials=None, teachers=None, pack_teachers=True) -> CohortPlan``; :class:`CohortPlan` (``runs`` of
   :class:`CohortRun`, ``makespan_s``, ``lower_bound_s`` and its parts, GPU-hours, ``saving``
   against one run per trial, the teacher phase, ``describe()``, ``format()``).
 """
@@ -47,7 +48,7 @@ from kd_ray.cohort.cost import (
     forward_flops,
     teacher_inputs,
 )
-from kd_ray.cohort.packs import teacher_packs
+from kd_ray.cohort.packs import packs_teachers, teacher_packs
 from kd_ray.cohort.plan import CohortPlan, CohortRun, plan_cohorts
 from kd_ray.cohort.program import cut_lower_bound
 from kd_ray.cohort.schedule import lpt_schedule, slots_for
@@ -71,6 +72,7 @@ __all__ = [
     "plan_cohorts",
     "slots_for",
     "split_stream",
+    "packs_teachers",
     "teacher_inputs",
     "teacher_packs",
 ]

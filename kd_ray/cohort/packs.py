@@ -22,6 +22,14 @@ from kd_ray.config import SweepConfig
 from kd_ray.plan import TeacherSpec
 
 
+def packs_teachers(cfg: SweepConfig, *, joined: bool) -> bool:
+    """Whether a sweep cuts its teachers into packs: where the cluster cannot grow (the private
+    one it starts) or ``resources.max_concurrent_trials`` caps the runs at once. On a joined
+    cluster without that cap each teacher is its own run, so an autoscaler sees every teacher's
+    demand from the start."""
+    return not joined or bool(cfg.resources.max_concurrent_trials)
+
+
 def teacher_packs(
     teachers: Sequence[TeacherSpec], cfg: SweepConfig, slots: int, *, cost: CostModel | None = None
 ) -> list[tuple[TeacherSpec, ...]]:

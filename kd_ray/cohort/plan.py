@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kd_ray.cohort.cost import CostModel, teacher_inputs
+from kd_ray.cohort.packs import teacher_packs
 from kd_ray.cohort.program import _exact_split, cut_lower_bound
 from kd_ray.cohort.schedule import lpt_schedule
 from kd_ray.cohort.split import _Chunk, _key_counts, _units, split_stream
@@ -68,7 +69,8 @@ class CohortPlan:
     baseline_makespan_s: float
     baseline_work_s: float
     baseline_teacher_forwards: int
-    teacher_runs: int = 0
+    teachers: int = 0  # teachers to train first
+    teacher_runs: int = 0  # the Train runs they take (packs: docs/architecture.md#teacher-packs)
     teacher_makespan_s: float = 0.0
     teacher_work_s: float = 0.0
     gpus_per_teacher: float = 0.0
@@ -147,7 +149,7 @@ class CohortPlan:
             "",
             f"estimated {unit}-hours: {_figure(self.gpu_hours)} for the students"
             + (
-                f" + {_figure(self.teacher_gpu_hours)} for {self.teacher_runs} teacher(s)"
+                f" + {_figure(self.teacher_gpu_hours)} for {self.teachers} teacher(s) in {self.teacher_runs} run(s)"
                 if self.teacher_runs
                 else ""
             ),
@@ -217,6 +219,7 @@ def plan_cohorts(
     tolerance: float = 0.02,
     trials: Sequence[StudentTrial] | None = None,
     teachers: Sequence[TeacherSpec] | None = None,
+    pack_teachers: bool = True,
 ) -> CohortPlan:
     """Choose the student runs of ``plan`` for ``slots`` concurrent runs (module docstring).
 
@@ -229,6 +232,8 @@ def plan_cohorts(
             keep the one of least work (fewest repeated teacher passes).
         trials: the trials to plan (default all of ``plan.trials``; e.g. those left on resume).
         teachers: the teachers still to train (default all of ``plan.teachers``).
+        pack_teachers: whether the sweep trains them in packs, at most one run per teacher slot
+            (:func:`kd_ray.cohort.packs_teachers`), or one run each.
 
     Raises:
         ConfigError: ``slots`` below 1.
@@ -262,10 +267,14 @@ def plan_cohorts(
     )
     res = cfg.resources
     teachers = list(plan.teachers if teachers is None else teachers)
-    # A teacher run has teacher_workers workers where a student slot has num_workers.
-    t_secs = [cost.seconds(cost.teacher_flops(t) * res.num_workers / res.teacher_workers) for t in teachers]
-    # Teachers run on the same GPUs (or CPUs), teacher_workers per run.
+    # Teachers run on the same GPUs (or CPUs), teacher_workers per run where a student slot has
+    # num_workers; packed, a run trains its pack's teachers in turn and starts once.
     t_slots = max(1, slots * res.num_workers // res.teacher_workers)
+    t_runs = teacher_packs(teachers, cfg, t_slots, cost=cost) if pack_teachers else [(t,) for t in teachers]
+    t_secs = [
+        cost.seconds(sum(cost.teacher_flops(t) for t in run) * res.num_workers / res.teacher_workers)
+        for run in t_runs
+    ]
     return CohortPlan(
         slots=slots,
         runs=tuple(
@@ -280,7 +289,8 @@ def plan_cohorts(
         baseline_makespan_s=baseline_makespan,
         baseline_work_s=sum(singles),
         baseline_teacher_forwards=sum(len(teacher_inputs([t])) for t in trials),
-        teacher_runs=len(teachers),
+        teachers=len(teachers),
+        teacher_runs=len(t_runs),
         teacher_makespan_s=lpt_schedule(t_secs, t_slots)[0],
         teacher_work_s=sum(t_secs),
         gpus_per_teacher=res.teacher_workers * res.gpus_per_worker,

@@ -471,9 +471,10 @@ def _teacher_slots(cfg: SweepConfig, count: int) -> int:
     """The teacher runs at once that the teacher packs are cut for: what the private cluster
     holds (it cannot grow) or ``resources.max_concurrent_trials``. On a joined cluster without
     that limit, one run per teacher, so its autoscaler sees every teacher's demand at once."""
+    from kd_ray.cohort import packs_teachers
     from kd_ray.orchestration.placement import RunsThatFit
 
-    if os.environ.get("RAY_ADDRESS") and not cfg.resources.max_concurrent_trials:
+    if not packs_teachers(cfg, joined=bool(os.environ.get("RAY_ADDRESS"))):
         return count
     return RunsThatFit.of(cfg, cfg.resources.teacher_workers, _TRIAL_FN_CPU)()
 
