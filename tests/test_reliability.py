@@ -21,6 +21,7 @@ import yaml
 from kd_ray.config import dump_config, parse_config
 from kd_ray.errors import ResultsError
 from kd_ray.orchestration import sweep as sweep_mod
+from kd_ray.orchestration.cluster import sweep_environment
 from kd_ray.orchestration.collector import ResultsCollector, TeacherOutcomes
 from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.teacher_store import TeacherStore
@@ -450,7 +451,7 @@ def test_a_sweeps_environment_is_put_back_when_it_ends(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
     before, cluster_mode = dict(os.environ), ray_constants.ENABLE_RAY_CLUSTER
     cfg = _cfg()
-    with sweep_mod._sweep_environment(cfg):
+    with sweep_environment(cfg):
         assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
         assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
         assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == str(cfg.resources.report_interval_s)
@@ -458,6 +459,6 @@ def test_a_sweeps_environment_is_put_back_when_it_ends(monkeypatch) -> None:
         assert ray_constants.ENABLE_RAY_CLUSTER is False  # Ray imported here: set in-process too
     assert dict(os.environ) == before
     assert cluster_mode == ray_constants.ENABLE_RAY_CLUSTER
-    with pytest.raises(KeyboardInterrupt), sweep_mod._sweep_environment(cfg):
+    with pytest.raises(KeyboardInterrupt), sweep_environment(cfg):
         raise KeyboardInterrupt  # Ctrl-C mid-sweep
     assert dict(os.environ) == before

@@ -1,7 +1,7 @@
 """Keep torch.distributed on the loopback interface in a private local cluster.
 
 Ray's single-machine mode keeps Ray's own services on 127.0.0.1 (see
-``kd_ray.orchestration.sweep._loopback_env``), and Ray Train then gives the workers
+``kd_ray.orchestration.cluster._loopback_env``), and Ray Train then gives the workers
 ``MASTER_ADDR=127.0.0.1``. But two listeners of a DDP run are torch's, not Ray's:
 
 - rank 0's TCPStore (the rendezvous store) binds every interface (``::``) whatever the master

@@ -25,30 +25,25 @@ Temporary files that a killed write left behind (``.NAME.<hex>.tmp``) are remove
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
 from kd_ray.config import SweepConfig, dump_config
-from kd_ray.errors import ClusterError, KdRayError, ResultsError
+from kd_ray.errors import KdRayError, ResultsError
+from kd_ray.orchestration.cluster import TRIAL_FN_CPU, init_ray, sweep_environment
 from kd_ray.orchestration.growth import NotAGrowth, growth
 from kd_ray.orchestration.lease import sweep_lease, train_once
 from kd_ray.orchestration.preflight import (
     check_datasets,
     check_local_resources,
     check_pretrained,
-    check_ray_address,
     check_teachers,
     require_trained,
-    unplaceable,
-    wait_until_placeable,
 )
 from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.teacher_store import TeacherStore
@@ -66,7 +61,7 @@ from kd_ray.plan import (
 )
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
-from kd_ray.storage import CREDENTIAL_ENV, JOINED_CLUSTER_CREDENTIALS, Storage
+from kd_ray.storage import Storage
 from kd_ray.trackers import Trackers, check_trackers
 
 log = logging.getLogger(__name__)
@@ -163,180 +158,6 @@ def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[St
     return root, sweep
 
 
-def _ray_env(cfg: SweepConfig) -> dict[str, str]:
-    """What the sweep's Ray processes (driver, Tune functions, Train controllers and workers)
-    read from their environment."""
-    return {
-        # Train's controller polls workers at this interval; its 2 s default throttles small runs.
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.resources.report_interval_s),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # The collector writes the results; Tune's CSV and TensorBoard copies of every report
-        # (hundreds of keys per stream group) would only cost driver time and disk. The JSON
-        # log stays (see _tune): Tune's result grid reads it when the run ends.
-        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-    }
-
-
-@contextlib.contextmanager
-def _sweep_environment(cfg: SweepConfig) -> Iterator[None]:
-    """Set the environment a sweep's driver needs for the sweep only, then put back what was
-    there: a notebook or test process that runs a sweep keeps its own environment afterwards.
-
-    Besides :func:`_ray_env`: Tune's SIGINT handler off and its legacy output engine (see
-    :func:`_tune`), and on a private cluster loopback-only services (see :func:`_loopback_env`).
-    """
-    updates = {
-        **_ray_env(cfg),
-        # Ctrl-C must stop the sweep. Tune's own SIGINT handler only ends this stage's loop
-        # (fit() returns, the next stage starts) and points at Tuner.restore, which is not how a
-        # kd_ray sweep resumes; without it, KeyboardInterrupt reaches the CLI (exit 130).
-        "TUNE_DISABLE_SIGINT_HANDLER": "1",
-        # Progress is kd_ray's (kd_ray.orchestration.progress): Tune runs silent, on its legacy
-        # output engine, since the new one prints its experiment box even at verbose=0.
-        "RAY_AIR_NEW_OUTPUT": "0",
-    }
-    private = not os.environ.get("RAY_ADDRESS")
-    if private:
-        updates.update(_loopback_env())
-    saved = {key: os.environ.get(key) for key in updates}
-    os.environ.update(updates)
-    was_single_machine = None
-    if private and "ray" in sys.modules:  # imported earlier (tests, notebooks)
-        from kd_ray.orchestration._ray_compat import set_single_machine_mode
-
-        was_single_machine = set_single_machine_mode(updates["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0")
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if was_single_machine is not None:
-            set_single_machine_mode(was_single_machine)
-
-
-def _loopback_env() -> dict[str, str]:
-    """The environment that makes a private local cluster listen on 127.0.0.1 only.
-
-    ``ray.init(_node_ip_address="127.0.0.1")`` is not enough: Ray resolves a loopback address
-    to the machine's routable IP, and GCS and raylet then listen on all interfaces. Ray's
-    single-machine mode (meant for Windows/macOS) uses the loopback IP for every service; it is
-    read from the environment at ``import ray`` (so :func:`_sweep_environment` also sets it in a
-    process that imported Ray before), and the cluster's processes inherit it. A user's own
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is kept.
-
-    torch.distributed's own listeners (rank 0's TCPStore, gloo) are kept on loopback by
-    :mod:`kd_ray.orchestration.loopback`: gloo through the environment set here, the store
-    through the worker setup hook that :func:`_init_ray` gives the private cluster.
-    """
-    from kd_ray.orchestration.loopback import loopback_env
-
-    return {
-        **loopback_env(),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
-    }
-
-
-def _node_resources() -> list[dict[str, float]]:
-    import ray
-
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-
-
-def _wait_for_resources(cfg: SweepConfig, joined: bool) -> None:
-    """Fail at once if a private cluster can never hold a run; let a joined one add nodes.
-
-    A joined cluster (``RAY_ADDRESS``) may autoscale: it is asked for the workers' bundles and
-    given ``resources.node_wait_s`` to add nodes.
-    """
-    if not joined:
-        wait_until_placeable(cfg, _node_resources, autoscaling=False, trial_cpu=_TRIAL_FN_CPU)
-        return
-    if unplaceable(cfg, _node_resources(), trial_cpu=_TRIAL_FN_CPU) is None:
-        return
-    res = cfg.resources
-    bundle = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
-    try:
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=[bundle] * max(res.num_workers, res.teacher_workers))
-    except Exception:  # no autoscaler to ask: the wait below still bounds the sweep
-        log.debug("could not ask the autoscaler for %s", bundle, exc_info=True)
-        request_resources = None
-    try:
-        wait_until_placeable(cfg, _node_resources, autoscaling=True, trial_cpu=_TRIAL_FN_CPU)
-    finally:
-        if request_resources is not None:
-            with contextlib.suppress(Exception):
-                request_resources(bundles=[])
-
-
-# torch.distributed on loopback where the cluster is on loopback (see kd_ray.orchestration.loopback),
-# and Ray Train's State API noise dropped (see kd_ray.orchestration.worker_setup)
-_WORKER_SETUP_HOOK = "kd_ray.orchestration.worker_setup.setup_worker"
-
-
-def _keep_credentials_out_of_runtime_envs() -> None:
-    """Stop Tune from copying AWS credentials into its trial actors' runtime environments.
-
-    Ray's runtime-env agent logs every runtime environment it sets up, so Tune's copy of
-    ``AWS_SECRET_ACCESS_KEY`` (from this process's environment) would end up in the session
-    logs. The private cluster's processes inherited this environment when it started, so its
-    actors have the credentials without the copy.
-    """
-    from kd_ray.orchestration._ray_compat import stop_tune_copying_credentials
-
-    stop_tune_copying_credentials(
-        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
-    )
-
-
-def _init_ray(cfg: SweepConfig) -> None:
-    """Join the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a private one.
-
-    Then check that the cluster can hold the sweep's runs (see :func:`_wait_for_resources`):
-    Ray Train would otherwise wait for an impossible worker group forever.
-
-    Raises:
-        ClusterError: no cluster at ``RAY_ADDRESS``, or it can never hold a run.
-    """
-    env = _ray_env(cfg)  # also in this process's environment, for the sweep (_sweep_environment)
-    address = os.environ.get("RAY_ADDRESS")
-    import ray
-
-    if not ray.is_initialized():
-        if address:
-            check_ray_address(address)
-            if CREDENTIAL_ENV:  # Ray would keep them in its runtime env and logs
-                raise ClusterError(JOINED_CLUSTER_CREDENTIALS)
-            try:
-                ray.init(
-                    runtime_env={"env_vars": env, "worker_process_setup_hook": _WORKER_SETUP_HOOK},
-                    log_to_driver=True,
-                )
-            except (ConnectionError, ValueError) as err:
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise ClusterError(
-                    f"RAY_ADDRESS={address}: cannot join a Ray cluster there ({first})"
-                ) from None
-        else:
-            # "local": always a new cluster private to this process, never one found on the
-            # machine; no dashboard or job server, so nothing listens for clients. Its workers
-            # inherit this process's environment (results credentials included).
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                runtime_env={
-                    "env_vars": env,
-                    "worker_process_setup_hook": _WORKER_SETUP_HOOK,
-                },
-            )
-            _keep_credentials_out_of_runtime_envs()
-    _wait_for_resources(cfg, joined=bool(address))
-
-
 def _experiment_name(sweep: Storage, stage: str) -> str:
     """A fresh Tune experiment name per attempt (``teachers-1``, ``groups-1``, ``groups-2``...:
     ``stage`` is ``teachers`` or ``groups``), never a timestamp."""
@@ -345,10 +166,6 @@ def _experiment_name(sweep: Storage, stage: str) -> str:
     while f"{stage}-{n}" in existing:
         n += 1
     return f"{stage}-{n}"
-
-
-# The Tune function itself only waits on its TorchTrainer: a sliver of CPU is enough.
-_TRIAL_FN_CPU = 0.01
 
 
 def _tune(
@@ -370,14 +187,14 @@ def _tune(
 
     workers = cfg.resources.teacher_workers if stage == "teacher" else cfg.resources.num_workers
     epochs = (cfg.teacher if stage == "teacher" else cfg.student).train.epochs
-    # Tune's SIGINT handler and output engine are set for the sweep by _sweep_environment.
-    fn = tune.with_resources(trainable, {"cpu": _TRIAL_FN_CPU})
+    # Tune's SIGINT handler and output engine are set for the sweep by sweep_environment.
+    fn = tune.with_resources(trainable, {"cpu": TRIAL_FN_CPU})
     tuner = tune.Tuner(
         fn,
         param_space=base,
         tune_config=tune.TuneConfig(
             # Runs start as the cluster has room (kd_ray.orchestration.placement), in plan order.
-            search_alg=CapacityGate(stage, items, RunsThatFit.of(cfg, workers, _TRIAL_FN_CPU), runs),
+            search_alg=CapacityGate(stage, items, RunsThatFit.of(cfg, workers, TRIAL_FN_CPU), runs),
             num_samples=len(items),
             trial_name_creator=TrialNamer(stage, items, runs),
             trial_dirname_creator=trial_dirname,
@@ -476,7 +293,7 @@ def _teacher_slots(cfg: SweepConfig, count: int) -> int:
 
     if not packs_teachers(cfg, joined=bool(os.environ.get("RAY_ADDRESS"))):
         return count
-    return RunsThatFit.of(cfg, cfg.resources.teacher_workers, _TRIAL_FN_CPU)()
+    return RunsThatFit.of(cfg, cfg.resources.teacher_workers, TRIAL_FN_CPU)()
 
 
 def _teacher_items(
@@ -524,7 +341,7 @@ def _train_teachers(
     trackers = trackers or Trackers([], sweep=cfg.name)
 
     def train(ids: list[str]) -> None:
-        _init_ray(cfg)
+        init_ray(cfg)
         from kd_ray.orchestration.collector import TeacherOutcomes
         from kd_ray.orchestration.trials import teacher_trial
 
@@ -795,12 +612,12 @@ def run_sweep(
     plan = plan_sweep(cfg)
     check_trackers(cfg, results)
     check_datasets(cfg)
-    check_local_resources(cfg, trial_cpu=_TRIAL_FN_CPU)
+    check_local_resources(cfg, trial_cpu=TRIAL_FN_CPU)
     root, sweep = prepare_results(cfg, results, resume=resume)
     lease = sweep_lease(root, cfg.name)  # a second driver of this sweep refuses here, before Ray
     trackers = Trackers.from_config(cfg, sweep)  # contacts nothing until its first run
     try:
-        with _sweep_environment(cfg):
+        with sweep_environment(cfg):
             return _run_sweep(
                 cfg,
                 plan,
@@ -849,7 +666,7 @@ def _run_sweep(
         else:
             runnable.append(trial)
     if runnable:
-        _init_ray(cfg)
+        init_ray(cfg)
         from kd_ray.orchestration.collector import ResultsCollector
         from kd_ray.orchestration.placement import RunsThatFit
         from kd_ray.orchestration.trials import group_trial
@@ -873,7 +690,7 @@ def _run_sweep(
             callbacks.append(
                 LiveReport(sweep.uri, planned_trials=len(plan.trials), every_minutes=cfg.report.every_minutes)
             )
-        slots = RunsThatFit.of(cfg, cfg.resources.num_workers, _TRIAL_FN_CPU)()
+        slots = RunsThatFit.of(cfg, cfg.resources.num_workers, TRIAL_FN_CPU)()
         items = _group_items(cfg, plan, sweep, runnable, scratch, slots)
         log.info(
             "%d student trial(s) in %d run(s) that share data streams, cut for %d run(s) at once",
