@@ -25,6 +25,7 @@ from _sweep_helpers import (
 
 from kd_ray.config import dump_config, parse_config
 from kd_ray.errors import ResultsError
+from kd_ray.orchestration import stage_runs
 from kd_ray.orchestration import sweep as sweep_mod
 from kd_ray.orchestration.growth import growth
 from kd_ray.orchestration.trials import GROUP_MANIFEST
@@ -195,7 +196,7 @@ def test_a_new_trial_never_joins_a_started_group(tmp_path) -> None:
     sweep = Storage.open(tmp_path / "tiny")
     manifest = {"group_id": "started-group", "trials": [t.trial_id for t in old]}
     sweep.child("_ray", "started-group").write_bytes(GROUP_MANIFEST, json.dumps(manifest).encode())
-    items = sweep_mod._group_items(cfg, plan_sweep(cfg), sweep, old + new, set(), slots=2)
+    items = stage_runs.group_items(cfg, plan_sweep(cfg), sweep, old + new, set(), slots=2)
     by_id = {item["group_id"]: [t["trial_id"] for t in item["trials"]] for item in items}
     assert by_id.pop("started-group") == [t.trial_id for t in old]
     assert sorted(tid for members in by_id.values() for tid in members) == sorted(t.trial_id for t in new)

@@ -310,7 +310,7 @@ def test_the_teacher_stage_takes_teacher_leases(tmp_path, monkeypatch):
             store.write_bytes(f"{tid}.json", b'{"epochs": 1}')
 
     monkeypatch.setattr(S, "init_ray", lambda cfg: None)
-    monkeypatch.setattr(S, "_teacher_slots", lambda cfg, count: 1)  # no cluster to ask
+    monkeypatch.setattr(S, "teacher_slots", lambda cfg, count: 1)  # no cluster to ask
     monkeypatch.setattr(S, "_tune", fake_tune)
     with _Driver(store, [first], seconds=0.3):
         trained, reused, reasons = S._train_teachers(cfg, plan, root, root.child("tiny"), {}, 0)

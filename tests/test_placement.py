@@ -80,7 +80,7 @@ def test_the_student_stage_cuts_its_runs_as_the_cohort_planner_does(tmp_path) ->
     # holds (as `--dry-run --cpus` prints it), not one run per stream whatever the cluster.
     from kd_ray.cohort import plan_cohorts
     from kd_ray.config import load_config
-    from kd_ray.orchestration import sweep as sweep_mod
+    from kd_ray.orchestration import stage_runs
     from kd_ray.plan import plan_sweep
     from kd_ray.storage import Storage
 
@@ -88,7 +88,7 @@ def test_the_student_stage_cuts_its_runs_as_the_cohort_planner_does(tmp_path) ->
     plan = plan_sweep(cfg)
     storage = Storage.open(tmp_path / "demo")
     for slots in (1, 2, 8):
-        items = sweep_mod._group_items(cfg, plan, storage, list(plan.trials), set(), slots)
+        items = stage_runs.group_items(cfg, plan, storage, list(plan.trials), set(), slots)
         cut = plan_cohorts(plan, cfg, slots, teachers=[]).runs
         assert [[t["trial_id"] for t in item["trials"]] for item in items] == [
             [t.trial_id for t in run.trials] for run in cut
@@ -96,11 +96,11 @@ def test_the_student_stage_cuts_its_runs_as_the_cohort_planner_does(tmp_path) ->
         assert sorted(t["trial_id"] for item in items for t in item["trials"]) == sorted(
             t.trial_id for t in plan.trials
         )
-    eight = sweep_mod._group_items(cfg, plan, storage, list(plan.trials), set(), 8)
+    eight = stage_runs.group_items(cfg, plan, storage, list(plan.trials), set(), 8)
     assert len(eight) == 8  # 2 streams cut into 8 runs
     # resources.trials_per_run still overrides the planner: streams cut in plan order.
     fixed = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"trials_per_run": 3})})
-    items = sweep_mod._group_items(fixed, plan, storage, list(plan.trials), set(), 8)
+    items = stage_runs.group_items(fixed, plan, storage, list(plan.trials), set(), 8)
     assert sorted(len(item["trials"]) for item in items) == [2, 2, 3, 3, 3, 3]
 
 
@@ -151,8 +151,8 @@ def test_teachers_get_a_run_each_when_slots_suffice_else_one_pack_per_slot_balan
 def test_teacher_items_keep_started_runs_and_pack_the_rest(tmp_path, monkeypatch) -> None:
     import json
 
-    from kd_ray.orchestration import sweep
-    from kd_ray.plan import pack_id
+    from kd_ray.orchestration import stage_runs
+    from kd_ray.plan import pack_id, plan_sweep
     from kd_ray.storage import Storage
 
     cfg = parse_config(merged(TINY, {"grid": {"seeds": [0, 1, 2]}}))  # 6 teachers
@@ -165,8 +165,8 @@ def test_teacher_items_keep_started_runs_and_pack_the_rest(tmp_path, monkeypatch
     ray_dir.write_bytes(f"teacher-{ids[3]}/.validate_storage_marker", b"")
     ray_dir.write_bytes("teachers-2x-bbbb/kd_ray_pack.json", json.dumps({"teachers": ["x", "y"]}).encode())
     ray_dir.write_bytes("teachers-2x-cccc/kd_ray_pack.json", b"{not json")
-    plan = sweep.plan_sweep(cfg, check_names=False)
-    items = sweep._teacher_items(cfg, plan, ray_dir, ids[1:], slots=2)
+    plan = plan_sweep(cfg, check_names=False)
+    items = stage_runs.teacher_items(cfg, plan, ray_dir, ids[1:], slots=2)
     got = [(item["pack_id"], [t["teacher_id"] for t in item["teachers"]]) for item in items]
     assert got[:2] == [(f"teacher-{ids[3]}", [ids[3]]), ("teachers-3x-aaaa", ids[1:3])]
     rest = got[2:]
@@ -176,8 +176,8 @@ def test_teacher_items_keep_started_runs_and_pack_the_rest(tmp_path, monkeypatch
     # resources.max_concurrent_trials says how many run at once.
     monkeypatch.setattr(placement.RunsThatFit, "__call__", lambda self: self.limit or 2)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert sweep._teacher_slots(cfg, 6) == 2
+    assert stage_runs.teacher_slots(cfg, 6) == 2
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    assert sweep._teacher_slots(cfg, 6) == 6
+    assert stage_runs.teacher_slots(cfg, 6) == 6
     limited = parse_config(merged(TINY, {"resources": {"max_concurrent_trials": 3}}))
-    assert sweep._teacher_slots(limited, 6) == 3
+    assert stage_runs.teacher_slots(limited, 6) == 3

@@ -20,6 +20,7 @@ import yaml
 
 from kd_ray.config import dump_config, parse_config
 from kd_ray.errors import ResultsError
+from kd_ray.orchestration import stage_runs
 from kd_ray.orchestration import sweep as sweep_mod
 from kd_ray.orchestration.cluster import sweep_environment
 from kd_ray.orchestration.collector import ResultsCollector, TeacherOutcomes
@@ -27,7 +28,7 @@ from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.orchestration.trials import ERROR_KEY, GROUP_MANIFEST, STATUS_KEY, short_error
 from kd_ray.orchestration.workers import student_fingerprints
-from kd_ray.plan import StudentTrial, plan_sweep, stream_groups
+from kd_ray.plan import StudentTrial, group_id, plan_sweep, stream_groups
 from kd_ray.results.rows import trial_keys
 from kd_ray.results.store import ResultTables
 from kd_ray.storage import Storage
@@ -317,21 +318,21 @@ def test_a_started_group_is_resumed_whole_whatever_trials_per_run_says(tmp_path)
     runnable = [t for t in trials if t.trial_id != started[0].trial_id]
     plan = plan_sweep(cfg)
     one_per_run = _cfg(resources={"trials_per_run": 1})
-    items = sweep_mod._group_items(one_per_run, plan, sweep, runnable, set(), slots=2)
+    items = stage_runs.group_items(one_per_run, plan, sweep, runnable, set(), slots=2)
     by_id = {item["group_id"]: [t["trial_id"] for t in item["trials"]] for item in items}
     assert by_id["started-group"] == [t.trial_id for t in started[1:]]
     others = [t for t in runnable if t not in started]
     assert sorted(i for i in by_id if i != "started-group") == sorted(
-        sweep_mod.group_id(g) for g in stream_groups(others, 1)
+        group_id(g) for g in stream_groups(others, 1)
     )
     # A trial to rerun from scratch never joins a started group, and its old run is removed.
     scratch = started[1]
-    old_run = sweep.child("_ray", sweep_mod.group_id([scratch]))
+    old_run = sweep.child("_ray", group_id([scratch]))
     old_run.write_bytes("checkpoint_x/state.pt", b"stale")
-    items = sweep_mod._group_items(cfg, plan, sweep, runnable, {scratch.trial_id}, slots=2)
+    items = stage_runs.group_items(cfg, plan, sweep, runnable, {scratch.trial_id}, slots=2)
     by_id = {item["group_id"]: [t["trial_id"] for t in item["trials"]] for item in items}
     assert by_id["started-group"] == [started[2].trial_id]
-    assert by_id[sweep_mod.group_id([scratch])] == [scratch.trial_id]
+    assert by_id[group_id([scratch])] == [scratch.trial_id]
     assert not old_run.exists()
 
 
@@ -341,7 +342,7 @@ def test_a_group_ships_its_teachers_specs_and_the_workers_digests(tmp_path) -> N
     # fingerprints say (issue 13, item 4: workers get what the driver knows).
     cfg = _cfg()
     plan = plan_sweep(cfg)
-    items = sweep_mod._group_items(cfg, plan, Storage.open(tmp_path / "s"), list(plan.trials), set(), 2)
+    items = stage_runs.group_items(cfg, plan, Storage.open(tmp_path / "s"), list(plan.trials), set(), 2)
     assert sum(len(item["trials"]) for item in items) == len(plan.trials)
     for item in items:
         trials = [StudentTrial.from_dict(d) for d in item["trials"]]

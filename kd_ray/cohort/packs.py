@@ -9,7 +9,7 @@ Each teacher goes to the slot that frees first, longest first (:func:`lpt_schedu
 cost model's FLOPs of training it), so the packs end close together; within a pack the teachers
 train in that order. The cut is of the teachers given (the sweep gives those not yet trained and
 not in a pack that had started: a resumed sweep keeps started packs whole, from the list of
-teachers in their run directories, ``kd_ray.orchestration.sweep._teacher_items``).
+teachers in their run directories, ``kd_ray.orchestration.stage_runs.teacher_items``).
 """
 
 from __future__ import annotations

@@ -46,18 +46,15 @@ from kd_ray.orchestration.preflight import (
     require_trained,
 )
 from kd_ray.orchestration.runbook import RunBook
+from kd_ray.orchestration.stage_runs import group_items, teacher_items, teacher_slots
 from kd_ray.orchestration.teacher_store import TeacherStore
 from kd_ray.plan import (
     DATA_LOCATION_FIELDS,
     NUMERICS_FIELDS,
     StudentTrial,
     SweepPlan,
-    fingerprint,
-    group_id,
     numerics,
-    pack_id,
     plan_sweep,
-    trial_fingerprint_content,
 )
 from kd_ray.results.rows import teacher_row, trial_row
 from kd_ray.results.store import ResultTables
@@ -253,73 +250,6 @@ def _user_error(err: BaseException) -> KdRayError | None:
     return None
 
 
-def _started_runs(
-    ray_dir: Storage, manifest: str, key: str, wanted: dict[str, Any], *, lone: str | None = None
-) -> list[tuple[str, list[Any]]]:
-    """The runs under ``ray_dir`` that had started, with their members still in ``wanted``
-    (popped from it, in the run's order): (run name, members), runs with none left out.
-
-    A run's members are the ``key`` list of the ``manifest`` in its directory (an unreadable
-    manifest counts as no run); with ``lone``, a directory named ``lone + member`` without one
-    is a run of that member alone.
-    """
-    import json
-
-    found = []
-    for name in ray_dir.listdir():
-        if not wanted:
-            break
-        if ray_dir.exists(f"{name}/{manifest}"):
-            try:
-                members = json.loads(ray_dir.read_bytes(f"{name}/{manifest}"))[key]
-            except (ValueError, KeyError, TypeError, OSError):
-                continue
-        elif lone and name.startswith(lone):
-            members = [name.removeprefix(lone)]
-        else:
-            continue
-        kept = [wanted.pop(m) for m in members if m in wanted]
-        if kept:
-            found.append((name, kept))
-    return found
-
-
-def _teacher_slots(cfg: SweepConfig, count: int) -> int:
-    """The teacher runs at once that the teacher packs are cut for: what the private cluster
-    holds (it cannot grow) or ``resources.max_concurrent_trials``. On a joined cluster without
-    that limit, one run per teacher, so its autoscaler sees every teacher's demand at once."""
-    from kd_ray.cohort import packs_teachers
-    from kd_ray.orchestration.placement import RunsThatFit
-
-    if not packs_teachers(cfg, joined=bool(os.environ.get("RAY_ADDRESS"))):
-        return count
-    return RunsThatFit.of(cfg, cfg.resources.teacher_workers, TRIAL_FN_CPU)()
-
-
-def _teacher_items(
-    cfg: SweepConfig, plan: SweepPlan, ray_dir: Storage, ids: list[str], slots: int
-) -> list[dict[str, Any]]:
-    """The Tune items of the teacher stage: the teachers ``ids`` in packs, each pack one Train
-    run that trains its teachers in turn (docs/architecture.md#teacher-packs).
-
-    A run that had started keeps its unstored teachers, so they continue from its checkpoints
-    whatever the cut is now: a pack's run directory holds ``kd_ray_pack.json``, a lone teacher's
-    is named by it (``teacher-<id>``). The other teachers are cut by
-    :func:`kd_ray.cohort.teacher_packs` for ``slots`` runs at once.
-    """
-    from kd_ray.cohort import teacher_packs
-    from kd_ray.orchestration.trials import PACK_MANIFEST
-
-    wanted = {tid: plan.teacher(tid) for tid in ids}
-    items = [
-        {"pack_id": name, "teachers": [t.__dict__ for t in kept]}
-        for name, kept in _started_runs(ray_dir, PACK_MANIFEST, "teachers", wanted, lone="teacher-")
-    ]
-    for pack in teacher_packs(list(wanted.values()), cfg, slots):
-        items.append({"pack_id": pack_id(pack), "teachers": [t.__dict__ for t in pack]})
-    return items
-
-
 def _train_teachers(
     cfg,
     plan: SweepPlan,
@@ -348,7 +278,7 @@ def _train_teachers(
         runs = RunBook("teacher")
         outcomes = TeacherOutcomes(runs, trackers)
         ray_dir = store.storage.child("_ray")
-        items = _teacher_items(cfg, plan, ray_dir, ids, _teacher_slots(cfg, len(ids)))
+        items = teacher_items(cfg, plan, ray_dir, ids, teacher_slots(cfg, len(ids)))
         log.info(
             "training %d teacher(s) in %d run(s); %d found already trained",
             len(ids),
@@ -512,66 +442,6 @@ def _clean_orphans(*storages: Storage) -> None:
             log.info("removed %d temporary file(s) that interrupted writes left in %s", removed, storage.uri)
 
 
-def _group_items(
-    cfg: SweepConfig,
-    plan: SweepPlan,
-    sweep: Storage,
-    runnable: list[StudentTrial],
-    scratch: set[str],
-    slots: int,
-) -> list[dict[str, Any]]:
-    """The Tune items of the student stage: one per stream group, with what its worker and the
-    collector need from the plan (its teachers' specs, each trial's fingerprint digest), so
-    neither plans the sweep again.
-
-    A group that had started (its run directory holds ``kd_ray_group.json``) keeps its id and
-    its unfinished members, so it continues from its checkpoint whatever the cut is now; those
-    come first. Trials to run from scratch get fresh groups, with any old run directory of the
-    same id removed. The rest are cut into runs by the cohort planner for ``slots`` concurrent
-    runs (:func:`_student_runs`), longest first.
-    """
-    from kd_ray.orchestration.trials import GROUP_MANIFEST, delete_run
-
-    ray_dir = sweep.child("_ray")
-    by_id = {t.trial_id: t for t in runnable if t.trial_id not in scratch}
-    items = [
-        {"group_id": name, "trials": kept}
-        for name, kept in _started_runs(ray_dir, GROUP_MANIFEST, "trials", by_id)
-    ]
-    order = {t.trial_id: i for i, t in enumerate(runnable)}
-    items.sort(key=lambda item: order[item["trials"][0].trial_id])
-    for group in _student_runs(cfg, plan, list(by_id.values()), slots):
-        items.append({"group_id": group_id(group), "trials": list(group)})
-    for group in _student_runs(cfg, plan, [t for t in runnable if t.trial_id in scratch], slots):
-        delete_run(ray_dir.uri, group_id(group))
-        items.append({"group_id": group_id(group), "trials": list(group)})
-    return [
-        {
-            **item,
-            "trials": [t.__dict__ for t in item["trials"]],
-            "teachers": [
-                plan.teacher(tid).__dict__
-                for tid in dict.fromkeys(i for t in item["trials"] for i in t.teacher_ids)
-            ],
-            "digests": {t.trial_id: fingerprint(trial_fingerprint_content(cfg, t)) for t in item["trials"]},
-        }
-        for item in items
-    ]
-
-
-def _student_runs(
-    cfg: SweepConfig, plan: SweepPlan, trials: list[StudentTrial], slots: int
-) -> list[tuple[StudentTrial, ...]]:
-    """``trials`` cut into student runs, longest first: the cohort planner's cut for ``slots``
-    concurrent runs (docs/cohorts.md: students that share teacher inputs together, runs balanced
-    by cost), or streams cut in plan order into runs of ``resources.trials_per_run`` when set."""
-    if not trials:
-        return []
-    from kd_ray.cohort import plan_cohorts  # torch's FLOP counter: imported when a stage runs
-
-    return [run.trials for run in plan_cohorts(plan, cfg, slots, trials=trials, teachers=[]).runs]
-
-
 def _record_missing_teacher(
     cfg: SweepConfig, tables: ResultTables, trial: StudentTrial, teacher_id: str, reason: str | None = None
 ) -> None:
@@ -691,7 +561,7 @@ def _run_sweep(
                 LiveReport(sweep.uri, planned_trials=len(plan.trials), every_minutes=cfg.report.every_minutes)
             )
         slots = RunsThatFit.of(cfg, cfg.resources.num_workers, TRIAL_FN_CPU)()
-        items = _group_items(cfg, plan, sweep, runnable, scratch, slots)
+        items = group_items(cfg, plan, sweep, runnable, scratch, slots)
         log.info(
             "%d student trial(s) in %d run(s) that share data streams, cut for %d run(s) at once",
             len(runnable),
