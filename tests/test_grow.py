@@ -25,7 +25,7 @@ from _sweep_helpers import (
 
 from kd_ray.config import dump_config, parse_config
 from kd_ray.errors import ResultsError
-from kd_ray.orchestration import stage_runs
+from kd_ray.orchestration import stage_runs, stored_sweep
 from kd_ray.orchestration import sweep as sweep_mod
 from kd_ray.orchestration.growth import growth
 from kd_ray.orchestration.trials import GROUP_MANIFEST
@@ -56,7 +56,7 @@ def _saved(tmp_path, data: dict) -> str:
 
 
 def _resume(results: str, data: dict):
-    return sweep_mod.prepare_results(parse_config(data), results, resume=True)
+    return stored_sweep.prepare_results(parse_config(data), results, resume=True)
 
 
 def _refusal(results: str, data: dict) -> str:
@@ -68,7 +68,7 @@ def _refusal(results: str, data: dict) -> str:
 
 
 def _comparable(data: dict) -> dict:
-    return sweep_mod._comparable(parse_config(data))
+    return stored_sweep.comparable(parse_config(data))
 
 
 @pytest.mark.parametrize(
@@ -242,4 +242,4 @@ def test_a_sweep_grown_by_a_seed_keeps_its_old_trials_and_runs_the_new_ones(tmp_
     # The saved config is the grown one, so a plain --resume of it is accepted from now on.
     grown = parse_config(yaml.safe_load(config.read_text()))
     assert (sweep / "config.yaml").read_text() == dump_config(grown)
-    sweep_mod.prepare_results(grown, str(results), resume=True)
+    stored_sweep.prepare_results(grown, str(results), resume=True)

@@ -20,8 +20,7 @@ import yaml
 
 from kd_ray.config import dump_config, parse_config
 from kd_ray.errors import ResultsError
-from kd_ray.orchestration import stage_runs
-from kd_ray.orchestration import sweep as sweep_mod
+from kd_ray.orchestration import stage_runs, stored_sweep
 from kd_ray.orchestration.cluster import sweep_environment
 from kd_ray.orchestration.collector import ResultsCollector, TeacherOutcomes
 from kd_ray.orchestration.runbook import RunBook
@@ -194,19 +193,19 @@ def test_resume_reruns_a_finished_trial_whose_rows_are_incomplete(tmp_path) -> N
     _collect(tmp_path, cfg, epochs=2)
     tables = ResultTables(Storage.open(tmp_path / "sweep"))
     tid = plan_sweep(cfg).trials[0].trial_id
-    assert sweep_mod._finished_trials(tables, cfg) == ({tid}, set())
+    assert stored_sweep.finished_trials(tables, cfg) == ({tid}, set())
 
     calibration = tmp_path / "sweep" / "calibration.parquet"
     kept = {p: p.read_bytes() for p in calibration.iterdir()}
     for p in kept:
         p.unlink()
-    assert sweep_mod._finished_trials(tables, cfg) == (set(), set())  # rerun from its checkpoint
+    assert stored_sweep.finished_trials(tables, cfg) == (set(), set())  # rerun from its checkpoint
     for p, data in kept.items():
         p.write_bytes(data)
 
     epochs = tables.read_owner("epochs", tid)
     tables.write("epochs", tid, epochs[epochs["epoch"] == 1].to_dict("records"))
-    assert sweep_mod._finished_trials(tables, cfg) == (set(), {tid})  # rerun from scratch
+    assert stored_sweep.finished_trials(tables, cfg) == (set(), {tid})  # rerun from scratch
 
 
 def test_a_report_from_an_earlier_epoch_drops_rows_of_later_epochs(tmp_path) -> None:
@@ -245,7 +244,7 @@ def test_orphaned_temporary_files_are_removed_and_live_ones_kept(tmp_path) -> No
     an_hour_ago = time.time() - 3600
     os.utime(old, (an_hour_ago, an_hour_ago))
     os.utime(mine, (an_hour_ago, an_hour_ago))
-    sweep_mod._clean_orphans(Storage.open(tmp_path / "sweep"))
+    stored_sweep.clean_orphans(Storage.open(tmp_path / "sweep"))
     assert not old.exists() and live.exists() and mine.exists()
 
 
@@ -299,10 +298,10 @@ def test_resume_refuses_other_numerics_while_trials_are_unfinished(tmp_path, ove
     sweep = _saved_sweep(tmp_path, _cfg())
     changed = _cfg(**override)
     with pytest.raises(ResultsError, match="would mix two numerics") as err:
-        sweep_mod._refuse_changed_numerics(changed, sweep, unfinished=3)
+        stored_sweep.refuse_changed_numerics(changed, sweep, unfinished=3)
     assert "\n" not in str(err.value)
-    sweep_mod._refuse_changed_numerics(changed, sweep, unfinished=0)  # nothing left to mix
-    sweep_mod._refuse_changed_numerics(_cfg(resources={"max_concurrent_trials": 1}), sweep, unfinished=3)
+    stored_sweep.refuse_changed_numerics(changed, sweep, unfinished=0)  # nothing left to mix
+    stored_sweep.refuse_changed_numerics(_cfg(resources={"max_concurrent_trials": 1}), sweep, unfinished=3)
 
 
 def test_a_started_group_is_resumed_whole_whatever_trials_per_run_says(tmp_path) -> None:

@@ -28,7 +28,7 @@ from kd_ray.errors import ConfigError
 from kd_ray.metrics.names import SPLIT_METRICS, SPLITS
 from kd_ray.orchestration.collector import ResultsCollector, TeacherOutcomes
 from kd_ray.orchestration.runbook import RunBook
-from kd_ray.orchestration.sweep import _comparable
+from kd_ray.orchestration.stored_sweep import comparable
 from kd_ray.overrides import apply_overrides
 from kd_ray.plan import pack_id, plan_sweep
 from kd_ray.results.rows import teacher_row, trial_keys
@@ -163,7 +163,7 @@ def test_without_trackers_the_saved_config_is_as_before():
     with_mlflow = with_trackers(_cfg(), ["mlflow"])
     assert "trackers" in yaml.safe_load(dump_config(with_mlflow))
     saved = parse_config(yaml.safe_load(dump_config(with_mlflow)))  # as --resume reads it back
-    assert _comparable(saved) == _comparable(_cfg())
+    assert comparable(saved) == comparable(_cfg())
     assert parse_config(yaml.safe_load(dump_config(with_mlflow))) == with_mlflow
 
 

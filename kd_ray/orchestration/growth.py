@@ -18,8 +18,8 @@ Why the rest is refused:
 
 Lists are compared as sets: reordering grid values changes no trial. Datasets are matched by
 their key (label, else name), so adding one or reordering them is growth too. The inputs are
-the comparable parts of two configs' ``model_dump`` (what :func:`kd_ray.orchestration.sweep._comparable`
-keeps: no resources, runtime, failure, results, trackers, report or data locations).
+the comparable parts of two configs' ``model_dump`` (what
+:func:`kd_ray.orchestration.stored_sweep.comparable` keeps: no resources, runtime, failure, results, trackers, report or data locations).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _compare_grid(saved: Mapping, new: Mapping, changed: list[str], removed: lis
 
 
 def growth(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Growth:
-    """What ``new`` adds to the sweep that ``saved`` describes (both as ``_comparable`` returns).
+    """What ``new`` adds to the sweep that ``saved`` describes (both as ``comparable`` returns).
 
     Raises:
         NotAGrowth: a field outside the grid changed, a grid value or dataset was removed, or a
