@@ -220,5 +220,5 @@ def test_ray_floor_script_imports_and_takes_the_sweeps_resources() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    for flag in ("--runs", "--num-workers", "--cpus-per-worker", "--report-interval-s"):
+    for flag in ("--runs", "--num-workers", "--cpus-per-worker", "--report-interval-s", "--stages"):
         assert flag in done.stdout
