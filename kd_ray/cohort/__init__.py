@@ -69,10 +69,10 @@ __all__ = [
     "default_seconds_per_flop",
     "forward_flops",
     "lpt_schedule",
+    "packs_teachers",
     "plan_cohorts",
     "slots_for",
     "split_stream",
-    "packs_teachers",
     "teacher_inputs",
     "teacher_packs",
 ]
