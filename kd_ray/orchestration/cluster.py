@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 TRIAL_FN_CPU = 0.01
 
 
+def joined_cluster() -> bool:
+    """Whether the sweep joins the cluster ``RAY_ADDRESS`` names (which may grow) rather than
+    starting a private one on this machine (which cannot)."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def _ray_env(cfg: SweepConfig) -> dict[str, str]:
     """What the sweep's Ray processes (driver, Tune functions, Train controllers and workers)
     read from their environment."""
@@ -59,7 +65,7 @@ def sweep_environment(cfg: SweepConfig) -> Iterator[None]:
         # output engine, since the new one prints its experiment box even at verbose=0.
         "RAY_AIR_NEW_OUTPUT": "0",
     }
-    private = not os.environ.get("RAY_ADDRESS")
+    private = not joined_cluster()
     if private:
         updates.update(_loopback_env())
     saved = {key: os.environ.get(key) for key in updates}

@@ -9,11 +9,10 @@ continues from its checkpoints; the rest are cut for the runs the cluster holds 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from kd_ray.config import SweepConfig
-from kd_ray.orchestration.cluster import TRIAL_FN_CPU
+from kd_ray.orchestration.cluster import TRIAL_FN_CPU, joined_cluster
 from kd_ray.plan import StudentTrial, SweepPlan, fingerprint, group_id, pack_id, trial_fingerprint_content
 from kd_ray.storage import Storage
 
@@ -56,7 +55,7 @@ def teacher_slots(cfg: SweepConfig, count: int) -> int:
     from kd_ray.cohort import packs_teachers
     from kd_ray.orchestration.placement import RunsThatFit
 
-    if not packs_teachers(cfg, joined=bool(os.environ.get("RAY_ADDRESS"))):
+    if not packs_teachers(cfg, joined=joined_cluster()):
         return count
     return RunsThatFit.of(cfg, cfg.resources.teacher_workers, TRIAL_FN_CPU)()
 

@@ -12,14 +12,13 @@ The rules of ``--resume`` (what it keeps, grows and refuses) live in
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from kd_ray.config import SweepConfig, dump_config
 from kd_ray.errors import KdRayError
-from kd_ray.orchestration.cluster import TRIAL_FN_CPU, init_ray, sweep_environment
+from kd_ray.orchestration.cluster import TRIAL_FN_CPU, init_ray, joined_cluster, sweep_environment
 from kd_ray.orchestration.lease import sweep_lease, train_once
 from kd_ray.orchestration.preflight import (
     check_datasets,
@@ -116,7 +115,7 @@ def _tune(
             verbose=0,
         ),
     )
-    joined = bool(os.environ.get("RAY_ADDRESS"))
+    joined = joined_cluster()
     if joined:
         announce_demand(cfg, workers, len(items))
     try:
