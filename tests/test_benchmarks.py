@@ -222,3 +222,17 @@ def test_ray_floor_script_imports_and_takes_the_sweeps_resources() -> None:
     assert done.returncode == 0, done.stderr
     for flag in ("--runs", "--num-workers", "--cpus-per-worker", "--report-interval-s", "--stages"):
         assert flag in done.stdout
+
+
+def test_floor_bounds_take_the_cold_stage_for_one_and_every_stage_for_two() -> None:
+    """The orchestration ratio's lower bounds (RESULTS.md section 1), by hand: a second stage
+    quicker than the first (warm caches) must not lower the one-stage bound."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    floor = {"init_s": 4.0, "stages_s": [20.0, 16.0], "runs_s": [[14.0, 15.0], [12.0, 12.0]]}
+    one, two = run_all.floor_bounds(floor, epochs_per_slot=22.0, plain_wall_s=30.0)
+    assert one == pytest.approx((4.0 + 20.0 + 22.0) / 30.0)
+    assert two == pytest.approx((4.0 + 36.0 + 22.0) / 30.0)
