@@ -30,6 +30,7 @@ from _sweep_helpers import (
 )
 
 from kd_ray.config import parse_config
+from kd_ray.orchestration.cluster import kd_ray_log_level
 from kd_ray.orchestration.progress import (
     ProgressBar,
     ProgressTable,
@@ -42,9 +43,11 @@ from kd_ray.orchestration.progress import (
 from kd_ray.orchestration.runbook import RunBook
 from kd_ray.orchestration.worker_setup import (
     CLEANER_LOGGER,
+    LOG_LEVEL_ENV,
     REPORT_LOGGER_MODULE,
     REPORT_NOISE,
     STATE_API_NOISE,
+    follow_driver_log_level,
     quiet_report_dump,
     quiet_state_api_noise,
     report_logger_name,
@@ -314,6 +317,33 @@ def test_the_report_dump_is_where_the_hook_looks_in_this_ray():
     assert not module.logger.isEnabledFor(logging.INFO) and module.logger.isEnabledFor(logging.WARNING)
 
 
+# --- kd_ray's own lines in the workers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", [logging.WARNING, logging.INFO, logging.DEBUG])
+def test_workers_log_at_the_drivers_kd_ray_level(monkeypatch, driver):
+    kd_ray_logger = logging.getLogger("kd_ray")
+    monkeypatch.setattr(kd_ray_logger, "level", driver)
+    sent = kd_ray_log_level()  # what the driver puts in the sweep's environment
+    assert sent == logging.getLevelName(driver)
+    monkeypatch.setattr(kd_ray_logger, "level", logging.NOTSET)  # a fresh worker process
+    monkeypatch.setenv(LOG_LEVEL_ENV, sent)
+    follow_driver_log_level()
+    assert kd_ray_logger.level == driver
+
+
+@pytest.mark.parametrize("value", [None, "", "LOUD", "Level 7"])
+def test_a_worker_without_a_known_driver_level_keeps_its_own(monkeypatch, value):
+    kd_ray_logger = logging.getLogger("kd_ray")
+    monkeypatch.setattr(kd_ray_logger, "level", logging.ERROR)
+    if value is None:
+        monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(LOG_LEVEL_ENV, value)
+    follow_driver_log_level()
+    assert kd_ray_logger.level == logging.ERROR
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 
@@ -328,6 +358,8 @@ def test_quiet_sweep_prints_plain_progress_lines():
     # Neither Tune's output nor kd-ray's per-trial info lines.
     assert "Configuration for experiment" not in log and "Trial status:" not in log
     assert not re.search(r"^kd-ray: trial \S+: ok$", log, re.M)
+    # Nor the workers' info lines, nor Ray's and Tune's driver-side ones.
+    assert "synthetic: 4 classes" not in log and "Wrote the latest version" not in log
 
 
 @pytest.mark.slow
@@ -348,6 +380,7 @@ def test_sweep_shows_readable_runs_and_saves_and_resumes_its_overrides(tmp_path)
     assert not re.search(r"group_trial_[0-9a-f]{5}_\d{5}", output), output[-3000:]
     assert "')}]}" not in output and "Configuration for experiment" not in output
     assert "State API may be temporarily unavailable" not in output
+    assert "synthetic: 4 classes" in output  # without -q the workers' info lines stay
     # The effective config is what the sweep saved and trained.
     saved = yaml.safe_load((results / "tiny" / "config.yaml").read_text())
     assert (saved["student"]["train"]["epochs"], saved["student"]["train"]["lr"]) == (2, 0.04)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from kd_ray.config import SweepConfig
 from kd_ray.errors import ClusterError
 from kd_ray.orchestration.preflight import check_ray_address, unplaceable, wait_until_placeable
+from kd_ray.orchestration.worker_setup import LOG_LEVEL_ENV
 from kd_ray.storage import CREDENTIAL_ENV, JOINED_CLUSTER_CREDENTIALS
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,22 @@ def joined_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
+def kd_ray_log_level() -> str:
+    """The level of this process's ``kd_ray`` logger (``-q``: WARNING), by name.
+
+    The sweep's worker processes log at it too (:mod:`kd_ray.orchestration.worker_setup`), and
+    :func:`init_ray` sets the driver's Ray logger to it (INFO at most verbose): a ``-q`` sweep
+    shows neither the workers' info lines ("synthetic: 4 classes, ...") nor Ray's and Tune's
+    driver-side ones, and its warnings still show.
+    """
+    return logging.getLevelName(logging.getLogger("kd_ray").getEffectiveLevel())
+
+
 def _ray_env(cfg: SweepConfig) -> dict[str, str]:
     """What the sweep's Ray processes (driver, Tune functions, Train controllers and workers)
     read from their environment."""
     return {
+        LOG_LEVEL_ENV: kd_ray_log_level(),
         # Train's controller polls workers at this interval; its 2 s default throttles small runs.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.resources.report_interval_s),
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -174,6 +187,9 @@ def init_ray(cfg: SweepConfig) -> None:
     """
     env = _ray_env(cfg)  # also in this process's environment, for the sweep (sweep_environment)
     address = os.environ.get("RAY_ADDRESS")
+    # Ray's driver-side INFO lines ("Started a local Ray instance", Tune's "Wrote the latest
+    # version of all result files") only where kd_ray's own show: not under -q.
+    ray_level = max(logging.INFO, logging.getLogger("kd_ray").getEffectiveLevel())
     import ray
 
     if not ray.is_initialized():
@@ -185,6 +201,7 @@ def init_ray(cfg: SweepConfig) -> None:
                 ray.init(
                     runtime_env={"env_vars": env, "worker_process_setup_hook": _WORKER_SETUP_HOOK},
                     log_to_driver=True,
+                    logging_level=ray_level,
                 )
             except (ConnectionError, ValueError) as err:
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -198,6 +215,7 @@ def init_ray(cfg: SweepConfig) -> None:
             ray.init(
                 address="local",
                 include_dashboard=False,
+                logging_level=ray_level,
                 runtime_env={
                     "env_vars": env,
                     "worker_process_setup_hook": _WORKER_SETUP_HOOK,

@@ -1,8 +1,9 @@
 """The ``worker_process_setup_hook`` of every cluster a sweep runs on: Ray runs it first in each
 of the sweep's worker processes.
 
-It keeps torch.distributed on loopback (:func:`kd_ray.orchestration.loopback.setup_worker`) and
-drops two kinds of noise.
+It keeps torch.distributed on loopback (:func:`kd_ray.orchestration.loopback.setup_worker`),
+logs kd_ray's own lines at the driver's level (``-q``: warnings only; the driver passes its
+level in :data:`LOG_LEVEL_ENV`), and drops two kinds of Ray's noise.
 
 Each Train worker logs every report whole at INFO ("Reporting training result N:
 TrainingReport(...)", thousands of characters per epoch, hundreds of kilobytes in the output of
@@ -30,6 +31,9 @@ import logging
 import os
 
 from kd_ray.orchestration.loopback import setup_worker as _loopback_setup_worker
+
+# The driver's kd_ray log level (kd_ray.orchestration.cluster.kd_ray_log_level), by name.
+LOG_LEVEL_ENV = "KD_RAY_LOG_LEVEL"
 
 # The logger of ray.train.v2._internal.execution.controller.placement_group_cleaner (Ray 2.60).
 CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
@@ -65,8 +69,16 @@ def quiet_state_api_noise() -> None:
         logger.addFilter(_DropStateApiNoise())
 
 
+def follow_driver_log_level() -> None:
+    """The ``kd_ray`` logger at the driver's level; left as it is without one (or a bad one)."""
+    level = logging.getLevelName(os.environ.get(LOG_LEVEL_ENV, ""))
+    if isinstance(level, int):  # getLevelName maps a known name to its number
+        logging.getLogger("kd_ray").setLevel(level)
+
+
 def setup_worker() -> None:
     """Ray's ``worker_process_setup_hook`` for the sweep's workers (see the module docstring)."""
     _loopback_setup_worker()
+    follow_driver_log_level()
     quiet_report_dump()
     quiet_state_api_noise()
