@@ -13,6 +13,7 @@ from _analysis_fixtures import paper_story, perms, sweep, trial_row
 from scipy import stats as sps
 
 from kd_ray import analysis as A
+from kd_ray.analysis import claims as claims_module
 from kd_ray.analysis import stats
 
 
@@ -172,7 +173,9 @@ def test_one_part_against_contradicts_the_claim_with_bonferroni() -> None:
         m = paper_story(perm, loss, view, seed, rng)
         return m | {"mi_mm": 1.0 + 5 * (0.98 - m["affinity"]) + rng.normal(0, 0.01)}
 
-    parts = A.claim_parts(pd.DataFrame(sweep(ks=(2, 3), seeds=(0, 1, 2), story=story)))
+    # k = 1..3: strata of 4 units each can only reach one-sided p = 1/24, so the contradicted
+    # part needs several of them to survive Bonferroni and Holm.
+    parts = A.claim_parts(pd.DataFrame(sweep(ks=(1, 2, 3), seeds=(0, 1, 2), story=story)))
     c3 = parts[(parts["claim"] == "C3") & (parts["role"] == "primary")].set_index("part")
     assert c3["verdict"].tolist() == ["supported", "contradicted"]
     summary = A.summarize_claims(parts).set_index("claim")
@@ -217,11 +220,32 @@ def test_stratum_test_matches_scipy_exact_permutation_and_spearman() -> None:
     assert stats.rank_correlation_test(frame).p_value == pytest.approx(exact.pvalue)
 
 
-def test_mid_p_z_of_a_perfect_ranking() -> None:
-    # n = 4, rho = 1: P(null > 1) = 0, P(null = 1) = 1/24, so mid-p = 1/48.
+def test_one_sided_z_of_a_perfect_ranking_counts_the_tie_in_full() -> None:
+    # n = 4, rho = 1: P(null >= 1) = 1/24 (the mid-p, 1/48, is not a valid p-value).
     t = stats.stratum_test(np.arange(4.0), np.arange(4.0), np.random.default_rng(0))
-    assert t.z == pytest.approx(-sps.norm.ppf(1 / 48))
+    assert t.z == pytest.approx(sps.norm.isf(1 / 24))
     assert t.p_two_sided == pytest.approx(2 / 24)
+    reverse = stats.stratum_test(np.arange(4.0), -np.arange(4.0), np.random.default_rng(0))
+    assert reverse.z == pytest.approx(-sps.norm.isf(1 / 24))
+    level = stats.stratum_test(np.arange(4.0), np.array([0.0, 1.0, 1.0, 0.0]), np.random.default_rng(0))
+    assert level.rho == 0 and level.z == 0  # no side, no score
+
+
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_a_block_of_identical_strata_holds_alpha_exactly(n: int) -> None:
+    """Fully dependent strata (the same stratum twice in one block) under the null, enumerated
+    over every ordering: the combined test rejects no more often than alpha, and never more
+    often than the single stratum's exact test. With mid-p z-scores it rejected 8.3% at n = 4."""
+    x = np.arange(float(n))
+    rejected_block = rejected_alone = 0
+    orderings = list(itertools.permutations(range(n)))
+    for order in orderings:
+        t = stats.stratum_test(x, np.array(order, float), np.random.default_rng(0))
+        _, p_block, _ = stats.combine_strata([t, t], blocks=["same", "same"])
+        rejected_block += p_block < stats.ALPHA
+        rejected_alone += t.p_two_sided < stats.ALPHA
+    assert rejected_block / len(orderings) <= stats.ALPHA
+    assert rejected_block <= rejected_alone
 
 
 def test_independent_strata_combine_as_scipy_weighted_stouffer() -> None:
@@ -230,19 +254,20 @@ def test_independent_strata_combine_as_scipy_weighted_stouffer() -> None:
     for n in (5, 7, 12):
         x = rng.normal(size=n)
         tests.append(stats.stratum_test(x, x + rng.normal(size=n), rng))
-    rho, p = stats.combine_strata(tests, blocks=["a", "b", "c"])
+    rho, p, direction = stats.combine_strata(tests, blocks=["a", "b", "c"])
     one_sided = sps.norm.sf([t.z for t in tests])
     weights = np.sqrt([t.n - 1 for t in tests])
     z = sps.combine_pvalues(one_sided, method="stouffer", weights=weights).statistic
     assert p == pytest.approx(2 * sps.norm.sf(abs(z)))
+    assert direction == np.sign(z)
     assert rho == pytest.approx(np.average([t.rho for t in tests], weights=[t.n - 1 for t in tests]))
 
 
 def test_strata_sharing_teachers_combine_conservatively() -> None:
     """Two strata in one block: the z-scores are averaged, never added as if independent."""
     t = stats.StratumTest(n=10, rho=0.6, p_two_sided=0.07, z=1.9)
-    _, p_block = stats.combine_strata([t, t], blocks=["same", "same"])
-    _, p_indep = stats.combine_strata([t, t], blocks=["one", "other"])
+    _, p_block, _ = stats.combine_strata([t, t], blocks=["same", "same"])
+    _, p_indep, _ = stats.combine_strata([t, t], blocks=["one", "other"])
     assert p_block == pytest.approx(2 * sps.norm.sf(1.9))
     assert p_indep == pytest.approx(2 * sps.norm.sf(1.9 * math.sqrt(2)))
 
@@ -278,6 +303,50 @@ def test_paired_test_uses_wilcoxon_and_hodges_lehmann() -> None:
     assert result.p_value == pytest.approx(sps.wilcoxon(d).pvalue)
     assert result.p_eq9 == pytest.approx(1 / 7)
     assert result.ci_low < result.value < result.ci_high
+
+
+def test_strata_whose_estimate_and_test_disagree_decide_nothing() -> None:
+    """Three τ strata of 12 pairs: two rise by 0.001 in every pair (Wilcoxon p = 0.0005 each), the
+    third falls by 0.06 in 5 pairs and rises by 0.01 in 7. The combined test says 'rises'
+    (p < 0.05); the weighted Hodges-Lehmann estimate says 'falls'. Neither verdict may be given."""
+    third = np.r_[np.full(5, -0.06), np.full(7, 0.01)]
+    diffs = np.r_[np.full(12, 0.001), np.full(12, 0.001), third]
+    frame = pd.DataFrame(
+        {
+            "unit": range(36),
+            "stratum": np.repeat(["tau=1", "tau=4", "tau=10"], 12),
+            "block": np.repeat(["a", "b", "c"], 12),
+            "treated": diffs,
+            "control": np.zeros(36),
+        }
+    )
+    result = stats.paired_test(frame)
+    assert result.p_value < stats.ALPHA and result.direction == 1 and result.value < 0
+    for expected in (-1, 1):
+        assert stats.verdict(result.value, result.p_value, expected, direction=result.direction) == (
+            "inconclusive"
+        )
+    # At the claim level too: the part leans neither way, so the claim is not decided by it.
+    part = {"expected_sign": -1, "value": result.value, "p_value": result.p_value, "p_against": math.nan}
+    p, direction, _ = claims_module._decision(pd.DataFrame([part | {"direction": result.direction}]))
+    assert direction == "inconclusive" and p == pytest.approx(result.p_value)
+    p, direction, _ = claims_module._decision(pd.DataFrame([part | {"direction": -1.0}]))  # had they agreed
+    assert direction == "supported"
+
+
+def test_level_pairs_count_as_no_effect() -> None:
+    """20 pairs that ended level and 6 that fell: the estimate is 0, and the Wilcoxon test ranks
+    the zeros (split between the signs) instead of dropping them, which made it 6 of 6 falls."""
+    d = np.r_[np.zeros(20), np.full(6, -0.01)]
+    frame = pd.DataFrame({"unit": range(26), "treated": d, "control": np.zeros(26)})
+    result = stats.paired_test(frame)
+    assert result.value == 0
+    assert result.p_value == pytest.approx(sps.wilcoxon(d, zero_method="zsplit").pvalue)
+    assert result.p_value > sps.wilcoxon(d).pvalue  # scipy's default drops the 20 zeros
+    # A zero effect never supports a direction, whatever its p-value.
+    assert stats.verdict(0.0, 0.001, -1, direction=-1.0) == "inconclusive"
+    part = {"expected_sign": -1, "value": 0.0, "p_value": 0.001, "p_against": math.nan, "direction": -1.0}
+    assert claims_module._decision(pd.DataFrame([part]))[1] == "inconclusive"
 
 
 def test_hodges_lehmann_hand_computed() -> None:

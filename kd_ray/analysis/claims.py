@@ -458,6 +458,7 @@ def _row(
         "value": result.value,
         "p_value": result.p_value,
         "p_against": result.p_against,
+        "direction": result.direction,
         "p_eq9": result.p_eq9,
         "ci_low": result.ci_low,
         "ci_high": result.ci_high,
@@ -477,7 +478,7 @@ def _part_verdict(result: TestResult, sign: int) -> str:
         if math.isfinite(result.p_against) and result.p_against < ALPHA:
             return "contradicted"
         return "inconclusive"
-    return verdict(result.value, result.p_value, sign)
+    return verdict(result.value, result.p_value, sign, direction=result.direction)
 
 
 def claim_parts(trials: pd.DataFrame) -> pd.DataFrame:
@@ -571,12 +572,18 @@ def _decision(parts: pd.DataFrame) -> tuple[float, str, pd.Series]:
     """The claim's raw p-value, the direction it would decide, and its decisive part.
 
     All parts in the paper's direction: intersection-union, p = the largest part p. Some part
-    against it: Bonferroni over the claim's m parts, p = m × the smallest such part p.
+    against it: Bonferroni over the claim's m parts, p = m × the smallest such part p. A
+    directional part leans one way only when its effect and its test agree on the side
+    (:func:`kd_ray.analysis.stats.verdict`); a part that leans neither way (an effect of 0, or
+    a weighted estimate against its combined test) leaves the claim inconclusive, whatever its
+    p-value: it keeps the intersection-union p, so the claim stays in the Holm family.
     """
     m = len(parts)
+    directional = parts["expected_sign"] != 0
+    leans = np.sign(parts["value"]).where(np.sign(parts["value"]) == parts["direction"], 0)
     against = parts[
-        ((parts["expected_sign"] != 0) & (parts["value"] * parts["expected_sign"] < 0))
-        | ((parts["expected_sign"] == 0) & (parts["p_against"] < parts["p_value"]))
+        (directional & (leans * parts["expected_sign"] < 0))
+        | (~directional & (parts["p_against"] < parts["p_value"]))
     ]
     if not against.empty:
         p_against = against["p_value"].where(against["expected_sign"] != 0, against["p_against"])
@@ -584,8 +591,11 @@ def _decision(parts: pd.DataFrame) -> tuple[float, str, pd.Series]:
         return min(1.0, m * float(p_against.min())), "contradicted", decisive
     if parts["p_value"].isna().any():
         return math.nan, "inconclusive", parts[parts["p_value"].isna()].iloc[0]
-    decisive = parts.loc[parts["p_value"].idxmax()]
-    return float(decisive["p_value"]), "supported", decisive
+    p_iut = float(parts["p_value"].max())
+    level = parts[directional & (leans == 0)]
+    if not level.empty:
+        return p_iut, "inconclusive", level.iloc[0]
+    return p_iut, "supported", parts.loc[parts["p_value"].idxmax()]
 
 
 def _pooled_note(claim_parts_: pd.DataFrame) -> str:

@@ -11,16 +11,18 @@ Conventions, fixed in advance and never tuned to the data (docs/claims.md says w
   within their stratum, then each unit's seeds resampled), 2000 draws, seeded.
 * A rank correlation is tested within strata (one dataset, architecture pair, teacher count,
   ...). Each stratum gets Spearman's rho and its exact permutation distribution (all n!
-  orderings up to n = 8, else 9999 seeded draws); its one-sided mid-p becomes a z-score, and the
+  orderings up to n = 8, else 9999 seeded draws); its one-sided p in the direction of its rho
+  (ties counted in full, not the mid-p, which is not a valid p-value) becomes a z-score, and the
   strata are combined by **weighted Stouffer** (Liptak) with weights sqrt(n_s - 1), the inverse
   null standard deviation of Spearman's rho. The effect shown is the matching weighted mean of
   the strata's rho (weights n_s - 1), so a stratum counts in proportion to its information,
   not to n_s^3 as pooled centred ranks would make it.
 * Strata that share teacher models (same dataset and teacher architecture: different teacher
   counts or student augmentations reuse T1, T2, ...) are not independent. Within such a *block*
-  the z-scores are averaged with their weights (sum w z / sum w), which is a valid z-score for any
-  correlation between them (its variance is at most 1); blocks are independent and combine by
-  weighted Stouffer. With a single stratum the p-value is that stratum's exact permutation
+  the z-scores are averaged with their weights (sum w z / sum w): its variance is at most 1 for
+  any correlation between them, and it is a standard normal score or narrower when they are jointly
+  normal (small strata: an approximation, checked by enumeration at its worst case, identical
+  strata); blocks are independent and combine by weighted Stouffer. With a single stratum the p-value is that stratum's exact permutation
   p-value.
 * Paired tests (Wilcoxon signed-rank, TOST) pool every pair into one test, unless the pairs fall
   into strata (a sweep over KD's τ, α or lr: each value is its own condition). Then each stratum
@@ -28,7 +30,10 @@ Conventions, fixed in advance and never tuned to the data (docs/claims.md says w
   combine as the correlations' do (averaged within a block of strata that share teachers,
   weighted Stouffer across blocks, weights sqrt(n_s)); the effect is the strata's
   Hodges-Lehmann estimates weighted by n_s. Pairs that differ only in τ share their teachers and
-  data stream, so counting them as separate replicates of one test would inflate n.
+  data stream, so counting them as separate replicates of one test would inflate n. Zero
+  differences are ranked, their ranks split between the signs (``_ZERO_METHOD``).
+* Each test reports its ``direction``, the side of its own statistic. With several strata it can
+  differ from the sign of the weighted estimate; :func:`verdict` then decides nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +74,11 @@ class TestResult:
         n_strata: strata that entered the test.
         p_against: for an equivalence test, the one-sided p-value that the difference lies
             beyond the margin on the harmful side (NaN otherwise).
+        direction: the side the p-value's evidence lies on, as a sign: that of the test's own
+            statistic (rho or the signed-rank sum for one stratum, the combined z-score for
+            several). With several strata it can differ from the sign of ``value``, a weighted
+            mean of the strata's estimates; :func:`verdict` then decides nothing. NaN for an
+            equivalence test or without data.
     """
 
     value: float
@@ -80,16 +90,26 @@ class TestResult:
     p_eq9: float = math.nan
     n_strata: int = 0
     p_against: float = math.nan
+    direction: float = math.nan
 
 
 # No data: nothing estimated, no unit, and no n that would help.
 EMPTY = TestResult(value=math.nan, p_value=math.nan, ci_low=math.nan, ci_high=math.nan, n=0, n_needed=None)
 
 
-def verdict(value: float, p_value: float, expected_sign: int, alpha: float = ALPHA) -> str:
+def verdict(
+    value: float, p_value: float, expected_sign: int, alpha: float = ALPHA, direction: float | None = None
+) -> str:
     """``supported`` if significant in the expected direction, ``contradicted`` if significant
-    against it, otherwise ``inconclusive``."""
+    against it, otherwise ``inconclusive``.
+
+    ``direction`` is the side of the test's evidence (:attr:`TestResult.direction`): where the
+    effect's sign differs from it (or the effect is 0), estimate and test disagree on which way
+    the data lean, and nothing is decided.
+    """
     if not (np.isfinite(value) and np.isfinite(p_value)) or p_value >= alpha or value == 0:
+        return "inconclusive"
+    if direction is not None and np.sign(value) != direction:
         return "inconclusive"
     return "supported" if np.sign(value) == expected_sign else "contradicted"
 
@@ -209,7 +229,7 @@ class StratumTest:
     n: int
     rho: float
     p_two_sided: float  # 2 * min(P(null <= rho), P(null >= rho)), capped at 1 (scipy's convention)
-    z: float  # the one-sided mid-p as a standard normal score, positive for rho > 0
+    z: float  # the one-sided P(null >= rho) as a standard normal score, positive for rho > 0
 
 
 def stratum_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> StratumTest:
@@ -224,7 +244,6 @@ def stratum_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Stra
         greater = np.mean(null > rho + _TOL)
         equal = np.mean(np.abs(null - rho) <= _TOL)
         less = np.mean(null < rho - _TOL)
-        mid = greater + equal / 2
     else:
         orders = rng.permuted(np.tile(np.arange(n), (N_PERM, 1)), axis=1)
         null = _rho(rx[None, :], ry[orders])
@@ -233,9 +252,27 @@ def stratum_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Stra
         n_less = np.sum(null < rho - _TOL)
         # The observed ordering is one draw of the null (Phipson & Smyth), so no p is 0.
         greater, equal, less = n_greater / (N_PERM + 1), (n_equal + 1) / (N_PERM + 1), n_less / (N_PERM + 1)
-        mid = greater + equal / 2
     p_two = min(1.0, 2 * min(greater + equal, less + equal))
-    return StratumTest(n=n, rho=rho, p_two_sided=float(p_two), z=float(-stats.norm.ppf(mid)))
+    return StratumTest(
+        n=n, rho=rho, p_two_sided=float(p_two), z=_one_sided_z(rho, greater + equal, less + equal)
+    )
+
+
+def _one_sided_z(rho: float, p_greater: float, p_less: float) -> float:
+    """The one-sided p in the direction of ``rho`` as a z-score: +isf(P(null >= rho)) for rho > 0,
+    -isf(P(null <= rho)) for rho < 0, 0 for rho = 0 or a one-sided p above 1/2.
+
+    Ties are counted in full, so the p is a valid p-value and, in each tail, the z-score is never
+    more extreme than a standard normal under the null. The mid-p (ties counted half) is not
+    valid: with the few orderings of a small stratum it makes z too large, and averaging such
+    z-scores within a block of dependent strata rejected a true null 7.9% of the time at
+    alpha = 0.05 (n = 4; ``tests/test_claims.py`` enumerates it).
+    """
+    if rho > 0:
+        return float(stats.norm.isf(min(0.5, p_greater)))
+    if rho < 0:
+        return float(-stats.norm.isf(min(0.5, p_less)))
+    return 0.0
 
 
 def combine_z(z: list[float], weights: list[float], blocks: list[object]) -> float:
@@ -251,18 +288,19 @@ def combine_z(z: list[float], weights: list[float], blocks: list[object]) -> flo
     return float(np.sum(w_blocks_arr * z_blocks) / np.sqrt(np.sum(w_blocks_arr**2)))
 
 
-def combine_strata(tests: list[StratumTest], blocks: list[object]) -> tuple[float, float]:
-    """(weighted mean rho, two-sided p) of stratum tests; ``blocks[i]`` names the block of test i.
+def combine_strata(tests: list[StratumTest], blocks: list[object]) -> tuple[float, float, float]:
+    """(weighted mean rho, two-sided p, direction) of stratum tests; ``blocks[i]`` names the
+    block of test i; the direction is the sign of the combined z-score.
 
-    Within a block the weighted z-scores are averaged (valid under any dependence); blocks are
-    combined by weighted Stouffer. A single stratum keeps its exact permutation p-value.
+    Within a block the weighted z-scores are averaged (module docstring); blocks are combined by
+    weighted Stouffer. A single stratum keeps its exact permutation p-value and rho's sign.
     """
     if len(tests) == 1:
-        return tests[0].rho, tests[0].p_two_sided
+        return tests[0].rho, tests[0].p_two_sided, float(np.sign(tests[0].rho))
     rho_weights = np.array([t.n - 1 for t in tests], float)
     rho_bar = float(np.sum(rho_weights * [t.rho for t in tests]) / rho_weights.sum())
     z = combine_z([t.z for t in tests], list(np.sqrt(rho_weights)), blocks)
-    return rho_bar, float(2 * stats.norm.sf(abs(z)))
+    return rho_bar, float(2 * stats.norm.sf(abs(z))), float(np.sign(z))
 
 
 def _weighted_rho_of_draws(boot: np.ndarray, sizes: list[int]) -> np.ndarray:
@@ -315,7 +353,7 @@ def rank_correlation_test(frame: pd.DataFrame) -> TestResult:
     if not tests:
         # No stratum could be tested: nothing estimated.
         return replace(EMPTY, n=n, n_needed=5 if n < 3 else None)
-    rho, p = combine_strata(tests, blocks)
+    rho, p, direction = combine_strata(tests, blocks)
     boot = _bootstrap_means(values, counts, kept, rng)
     boot_rho = _weighted_rho_of_draws(boot, [idx.size for idx in kept])
     low, high = (
@@ -329,6 +367,7 @@ def rank_correlation_test(frame: pd.DataFrame) -> TestResult:
         n=n,
         n_needed=n_needed_correlation(rho),
         n_strata=len(tests),
+        direction=direction,
     )
 
 
@@ -379,11 +418,24 @@ def _bootstrap_hl(values: np.ndarray, counts: np.ndarray, strata: list[np.ndarra
     return float(low), float(high)
 
 
+# Zero differences (a pair whose two trials ended level) count as evidence of no effect: they are
+# ranked and their ranks split between the two signs, as the Hodges-Lehmann estimate keeps them
+# among its Walsh averages. scipy's default drops them, so 20 level pairs and 6 lower ones tested
+# as 6 of 6 lower (p = 0.014; 0.058 with the zeros) while the estimate said 0.
+_ZERO_METHOD = "zsplit"
+
+
 def _wilcoxon(diffs: np.ndarray, alternative: str) -> float:
     """scipy's Wilcoxon signed-rank p-value; 1 when every difference is zero (no evidence)."""
     if np.all(diffs == 0):
         return 1.0
-    return float(stats.wilcoxon(diffs, alternative=alternative).pvalue)
+    return float(stats.wilcoxon(diffs, alternative=alternative, zero_method=_ZERO_METHOD).pvalue)
+
+
+def _rank_sum_sign(diffs: np.ndarray) -> float:
+    """The sign of the signed-rank sum (zeros ranked, signed 0): the Wilcoxon test's direction."""
+    ranks = stats.rankdata(np.abs(diffs))
+    return float(np.sign(np.sum(np.sign(diffs) * ranks)))
 
 
 def _signed_z(diffs: np.ndarray) -> float:
@@ -392,10 +444,9 @@ def _signed_z(diffs: np.ndarray) -> float:
     ``p/2`` is the one-sided p in the observed direction (the direction of the signed-rank sum),
     so a stratum with p = 1 adds z = 0 and no stratum adds an infinite score.
     """
-    nonzero = diffs[diffs != 0]
-    if nonzero.size == 0:
+    direction = _rank_sum_sign(diffs)
+    if direction == 0:
         return 0.0
-    direction = np.sign(np.sum(np.sign(nonzero) * stats.rankdata(np.abs(nonzero))))
     p = max(_wilcoxon(diffs, "two-sided"), 1e-300)
     return float(direction * stats.norm.isf(min(p, 1.0) / 2))
 
@@ -438,9 +489,11 @@ def paired_test(frame: pd.DataFrame) -> TestResult:
     low, high = _bootstrap_hl(values, counts, strata)
     if len(strata) == 1:
         value, p = hodges_lehmann(diffs), _wilcoxon(diffs, "two-sided")
+        direction = _rank_sum_sign(diffs)
     else:
         value = _weighted_hl(diffs, strata)
-        p = float(2 * stats.norm.sf(abs(_stratified_z(diffs, strata, _strata_blocks(frame, strata)))))
+        z = _stratified_z(diffs, strata, _strata_blocks(frame, strata))
+        p, direction = float(2 * stats.norm.sf(abs(z))), float(np.sign(z))
     return TestResult(
         value=value,
         p_value=p,
@@ -450,6 +503,7 @@ def paired_test(frame: pd.DataFrame) -> TestResult:
         n_needed=n_needed_paired(diffs),
         p_eq9=p_eq9,
         n_strata=len(strata),
+        direction=direction,
     )
 
 
