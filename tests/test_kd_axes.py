@@ -9,6 +9,7 @@ still train together, and the claims check treats each value as its own conditio
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from _sweep_helpers import TINY, feature_sweep, merged
 from scipy import stats as sps
 
 from kd_ray import analysis as A
-from kd_ray.analysis import load_results
+from kd_ray.analysis import load_results, stats
 from kd_ray.cli import main
 from kd_ray.config import dump_config, load_config, parse_config
 from kd_ray.errors import ConfigError
@@ -258,6 +259,51 @@ def test_pairs_at_two_temperatures_are_not_twice_the_evidence() -> None:
     assert gap["n"] == 16 and gap["n_strata"] == 2
     assert gap["p_value"] == pytest.approx(alone)
     assert gap["verdict"] == "inconclusive"
+
+
+def test_temperature_strata_are_cut_within_each_datasets_block() -> None:
+    """C5 at τ = 4 and 10 on two datasets: a τ value's pairs of two datasets share no teachers,
+    so each (τ, dataset) cell is a stratum, averaged with the other τ of its dataset (shared
+    teachers), and the two datasets combine as independent blocks. Before, a τ stratum took the
+    block of its first pair, and the other dataset's pairs went with it."""
+    rng = np.random.default_rng(3)
+    cells = {
+        (dataset, tau): rng.normal(-0.01, 0.01, size=8)
+        for dataset in ("digits", "cifar10")
+        for tau in (4.0, 10.0)
+    }
+    rows = []
+    for (dataset, tau), diffs in cells.items():
+        for perm, d in zip(perms(2), diffs, strict=True):
+            rows.append(_at(trial_row(perm=perm, loss="kd", gap=0.1, dataset=dataset), tau))
+            rows.append(_at(trial_row(perm=perm, loss="zscore_kd", gap=0.1 + d, dataset=dataset), tau))
+    gap = A.claim_parts(pd.DataFrame(rows)).query("claim == 'C5' and part == 1").iloc[0]
+    assert gap["n"] == 32 and gap["n_strata"] == 4
+
+    def z(d: np.ndarray) -> float:  # a cell's two-sided Wilcoxon p as a signed z-score
+        p = sps.wilcoxon(d, zero_method="zsplit").pvalue
+        return float(np.sign(np.sum(np.sign(d) * sps.rankdata(np.abs(d)))) * sps.norm.isf(p / 2))
+
+    # Within a dataset the τ cells' z-scores are averaged (equal weights √8); the datasets, each
+    # of weight 2√8, combine by Stouffer: (z_a + z_b) / √2.
+    per_dataset = [np.mean([z(cells[(ds, tau)]) for tau in (4.0, 10.0)]) for ds in ("digits", "cifar10")]
+    combined = sum(per_dataset) / math.sqrt(2)
+    assert gap["p_value"] == pytest.approx(2 * sps.norm.sf(abs(combined)))
+    assert gap["direction"] == np.sign(combined)
+
+
+def test_a_paired_stratum_that_spans_blocks_is_refused() -> None:
+    frame = pd.DataFrame(
+        {
+            "unit": range(8),
+            "stratum": ["tau=4"] * 4 + ["tau=10"] * 4,
+            "block": ["digits", "cifar10"] * 4,
+            "treated": np.linspace(0.1, 0.2, 8),
+            "control": np.zeros(8),
+        }
+    )
+    with pytest.raises(ValueError, match="spans blocks"):
+        stats.paired_test(frame)
 
 
 # --- tables and figures: configurations keep their τ -----------------------------------------

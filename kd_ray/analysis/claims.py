@@ -409,9 +409,10 @@ def _pairs(trials: pd.DataFrame, part: Paired | Equivalent) -> tuple[pd.DataFram
     return pd.DataFrame(
         {
             "unit": _key(pairs, unit_cols),
-            # Each value of a varied KD axis is a condition of its own: tested alone, combined
-            # conservatively (its pairs share teachers and streams with the other values').
-            "stratum": _key(pairs, axes) if axes else "",
+            # Each value of a varied KD axis is a condition of its own: tested alone within each
+            # block, combined conservatively there (its pairs share teachers and streams with
+            # the other values'), and the independent blocks combined by Stouffer.
+            "stratum": _key(pairs, [*axes, *BLOCK_COLUMNS]) if axes else "",
             "block": _key(pairs, BLOCK_COLUMNS),
             "treated": pairs["treated"],
             "control": pairs["control"],

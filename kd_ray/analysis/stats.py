@@ -460,11 +460,22 @@ def _stratified_z(
 
 
 def _strata_blocks(frame: pd.DataFrame, strata: list[np.ndarray]) -> list[object]:
-    """The block of each stratum (as ordered by :func:`_units`); each its own without ``block``."""
+    """The block of each stratum (as ordered by :func:`_units`); each its own without ``block``.
+
+    Raises:
+        ValueError: a stratum spans blocks: its pairs would be combined as one dependent set
+            with one block's and never as the independent pieces they are.
+    """
     codes, _ = pd.factorize(frame["unit"], sort=True)
     firsts = frame.groupby(codes).first()
     column = "block" if "block" in frame else "stratum"
-    return [firsts[column].iloc[idx[0]] for idx in strata]
+    blocks = []
+    for idx in strata:
+        members = pd.unique(firsts[column].iloc[idx])
+        if len(members) > 1:
+            raise ValueError(f"a stratum spans blocks {list(members)}: stratify within blocks")
+        blocks.append(members[0])
+    return blocks
 
 
 def _weighted_hl(diffs: np.ndarray, strata: list[np.ndarray]) -> float:
