@@ -219,6 +219,9 @@ def paper_story(perm: str, loss: str, view: str, seed: int, rng: np.random.Gener
 # Measurements that depend on the teachers and the data stream but not on the student: a
 # z-score student and its vanilla twin (same teachers, same stream) record the same number.
 TEACHER_SIDE: tuple[str, ...] = ("iou_teachers", "val_iou_teachers", "val_acc_ensemble")
+# Of those, the ones taken on the clean val split depend on the teachers alone: students of the
+# same teachers under either augmentation (T1w_T2s_Sw and T1w_T2s_Ss) record the same number.
+TEACHERS_ONLY: tuple[str, ...] = ("val_iou_teachers", "val_acc_ensemble")
 
 
 def sweep(
@@ -235,7 +238,9 @@ def sweep(
     """Trial rows of a full grid whose metrics follow ``story``.
 
     Teacher-side measurements (:data:`TEACHER_SIDE`) are drawn once per (dataset, perm, view,
-    seed) and shared by every loss, as a real sweep records them.
+    seed) and shared by every loss, and those of the teachers alone (:data:`TEACHERS_ONLY`) once
+    per (dataset, teacher augmentations, view, seed), shared by both student augmentations too,
+    as a real sweep records them.
     """
     rng = np.random.default_rng(rng_seed)
     rows = []
@@ -245,6 +250,9 @@ def sweep(
             metrics = story(perm, loss, view, seed, rng)
             shared = {m: metrics[m] for m in TEACHER_SIDE if m in metrics}
             metrics |= teacher_side.setdefault((dataset, perm, view, seed), shared)
+            teachers = perm.rsplit("_", 1)[0]
+            alone = {m: metrics[m] for m in TEACHERS_ONLY if m in metrics}
+            metrics |= teacher_side.setdefault((dataset, teachers, view, seed), alone)
             rows.append(
                 trial_row(
                     perm=perm,

@@ -365,6 +365,27 @@ def test_equivalence_test_hand_computed() -> None:
     assert far.p_value == pytest.approx(1.0) and far.p_against == pytest.approx(1 / 32)
 
 
+def test_a_teachers_only_metric_counts_each_teacher_set_once() -> None:
+    """C4's context row, the teacher ensemble's val accuracy by view: T1w_T2s_Sw and T1w_T2s_Ss
+    record the same teachers on the same clean val split, so k = 2 has 4 units (teacher
+    augmentations), not the 8 permutations, and the test is scipy's on those 4."""
+    rows = sweep(ks=(2,), views=("full", "split"), seeds=(0, 1))
+    frame = pd.DataFrame(rows)
+    twins = frame.assign(teachers=frame["perm"].str[:7]).groupby(["teachers", "view", "seed"])
+    assert twins["val_acc_ensemble"].nunique().eq(1).all() and twins.size().eq(4).all()  # 2 augs × 2 losses
+    context = (
+        A.claim_parts(frame)
+        .query("claim == 'C4' and role == 'context'")
+        .set_index("label")
+        .loc["Δval_acc_ensemble (split − full)"]
+    )
+    vanilla = frame[frame["loss"] == "kd"].assign(teachers=frame["perm"].str[:7])
+    by_view = vanilla.groupby(["teachers", "view"])["val_acc_ensemble"].mean().unstack()
+    diffs = (by_view["split"] - by_view["full"]).to_numpy()
+    assert context["n"] == len(diffs) == 4
+    assert context["p_value"] == pytest.approx(sps.wilcoxon(diffs, zero_method="zsplit").pvalue)
+
+
 def test_c4_equivalence_needs_comparable_accuracy() -> None:
     """A split view that lowers IoU and agreement but costs 5 points of accuracy is not the
     paper's 'comparable generalisation'."""

@@ -50,6 +50,9 @@ HYPER_COLUMNS: tuple[str, ...] = KD_AXIS_COLUMNS
 BLOCK_COLUMNS: tuple[str, ...] = ("dataset", "teacher_arch")
 _BASE_STRATUM = ("dataset", "teacher_arch", "student_arch")
 _CONFIG = ("dataset", "teacher_arch", "student_arch", "n_teachers", "perm", "loss", "view")
+# Metrics of the teachers alone (measured on the clean val split): two trials that differ only in
+# the student's augmentation record the same measurement, so a paired test counts it once.
+TEACHER_ONLY_METRICS: tuple[str, ...] = ("val_acc_ensemble", "val_iou_teachers")
 # The split view is "comparable" in val accuracy within this many accuracy points (fraction).
 EQUIVALENCE_MARGIN = 0.01
 VANILLA = "kd"
@@ -383,12 +386,23 @@ def _run_correlation(
     return result, note
 
 
+def _teachers_once(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per teacher configuration and seed for a metric of the teachers alone: the
+    student's augmentation dropped from ``perm`` (``T1w_T2s_Sw`` -> ``T1w_T2s``) and its twins'
+    values averaged (they are one measurement, recorded by each student)."""
+    keys = [*_config_columns(trials), "seed"]
+    teachers = trials.assign(perm=trials["perm"].str.rsplit("_", n=1).str[0])
+    return teachers.groupby(keys, dropna=False, as_index=False, sort=False)[metric].mean()
+
+
 def _pairs(trials: pd.DataFrame, part: Paired | Equivalent) -> tuple[pd.DataFrame, str]:
     """Trials matched on everything but ``part.factor`` (and the seed kept), or empty and why."""
     data = trials[trials["n_teachers"] >= part.min_teachers]
     data = data[data["loss"] == VANILLA] if part.factor == "view" else data[data["view"] == "full"]
     if part.metric not in data:
         return pd.DataFrame(), f"these results have no {part.metric} column"
+    if part.metric in TEACHER_ONLY_METRICS:
+        data = _teachers_once(data, part.metric)
     match = [c for c in [*_config_columns(data), "seed"] if c != part.factor]
     control = data[data[part.factor] == part.control].set_index(match)[part.metric].rename("control")
     treated = data[data[part.factor] == part.treated].set_index(match)[part.metric].rename("treated")
