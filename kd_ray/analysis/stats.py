@@ -276,8 +276,9 @@ def _one_sided_z(rho: float, p_greater: float, p_less: float) -> float:
 
 
 def combine_z(z: list[float], weights: list[float], blocks: list[object]) -> float:
-    """One z-score from per-stratum z-scores: the weighted mean within each block (valid under
-    any dependence between its strata), then weighted Stouffer across blocks."""
+    """One z-score from per-stratum z-scores: the weighted mean within each block (variance at
+    most 1 whatever the dependence between its strata; module docstring), then weighted Stouffer
+    across blocks."""
     z_blocks, w_blocks = [], []
     for block in pd.unique(pd.Series(blocks, dtype=object)):
         members = [i for i, b in enumerate(blocks) if b == block]
