@@ -188,12 +188,27 @@ def test_the_trials_row_is_written_after_every_other_row_of_the_trial(tmp_path) 
     assert writes == ["epochs", "epochs", "calibration", "trials"]
 
 
-def test_resume_reruns_a_finished_trial_whose_rows_are_incomplete(tmp_path) -> None:
+def test_resume_reruns_a_finished_trial_whose_rows_are_incomplete(tmp_path, caplog) -> None:
     cfg = _cfg()
     _collect(tmp_path, cfg, epochs=2)
     tables = ResultTables(Storage.open(tmp_path / "sweep"))
     tid = plan_sweep(cfg).trials[0].trial_id
+    students = tmp_path / "sweep" / "students"
+    students.mkdir()
+    (students / f"{tid}.pt").write_bytes(b"the worker's export")
+    (students / f"{tid}.json").write_text("{}")
     assert stored_sweep.finished_trials(tables, cfg) == ({tid}, set())
+
+    # Its exported weights gone: the trial is not finished; it reruns from its checkpoint.
+    (students / f"{tid}.pt").unlink()
+    assert stored_sweep.finished_trials(tables, cfg) == (set(), set())
+    assert f"{tid}: its trials row says ok but its exported student" in caplog.text
+    (students / f"{tid}.pt").write_bytes(b"the worker's export")
+    # Only its sidecar gone: kept (the row and the weights hold all it says), and reported.
+    caplog.clear()
+    (students / f"{tid}.json").unlink()
+    assert stored_sweep.finished_trials(tables, cfg) == ({tid}, set())
+    assert f"1 finished trial(s) have no sidecar in {Storage.open(students).uri}" in caplog.text
 
     calibration = tmp_path / "sweep" / "calibration.parquet"
     kept = {p: p.read_bytes() for p in calibration.iterdir()}

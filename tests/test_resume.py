@@ -37,6 +37,8 @@ from _sweep_helpers import (
     write_config,
 )
 
+from kd_ray.models import load_student
+
 # The first test that uses `killed` also pays for the reference run and the killed sweep.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -225,7 +227,8 @@ def test_corrupt_checkpoints_fall_back_and_incomplete_rows_are_repaired(killed, 
     # checkpoint snapshot was truncated by the kill; a finished trial lost its calibration rows;
     # the driver died before writing any epoch row of the mid-way group (a worker stores each
     # checkpoint before the driver sees its report, so it may be epochs ahead of the rows);
-    # trials_per_run changed to 1; a write interrupted long ago left a .tmp file.
+    # trials_per_run changed to 1; a write interrupted long ago left a .tmp file; the other
+    # finished trial lost its exported student (its rows are whole, its weights the product).
     reference = uninterrupted_run() / "tiny"
     results = _copy(killed, tmp_path)
     sweep = results / "tiny"
@@ -236,6 +239,9 @@ def test_corrupt_checkpoints_fall_back_and_incomplete_rows_are_repaired(killed, 
     snapshot.write_bytes(snapshot.read_bytes()[:40])
     repaired = sorted(killed["finished"])[0]
     (sweep / "calibration.parquet" / f"{repaired}.parquet").unlink()
+    (unexported,) = set(killed["finished"]) - {repaired}
+    sidecar = json.loads((sweep / "students" / f"{unexported}.json").read_text())
+    (sweep / "students" / f"{unexported}.pt").unlink()
     for trial_id in killed["running"]:
         (sweep / "epochs.parquet" / f"{trial_id}.parquet").unlink()
     orphan = sweep / "trials.parquet" / f".{repaired}.parquet.{'a' * 32}.tmp"
@@ -261,7 +267,12 @@ def test_corrupt_checkpoints_fall_back_and_incomplete_rows_are_repaired(killed, 
             expected = rf"{re.escape(trial_id)}: starting fresh, no usable checkpoint \({unreadable}"
         assert re.search(expected, output), output[-4000:]
     assert f"trial {repaired}: its trials row says ok but its calibration rows are missing" in output
+    assert f"trial {unexported}: its trials row says ok but its exported student" in output
     assert not orphan.exists()
+    # Exported again, by the same computation: the same fingerprint, and a model that loads.
+    weights = torch.load(sweep / "students" / f"{unexported}.pt", weights_only=True)
+    assert weights["fingerprint"]["digest"] == sidecar["fingerprint"]
+    load_student(sweep / "students" / f"{unexported}.pt")
 
     for name, keys in (
         ("trials", ["trial_id"]),

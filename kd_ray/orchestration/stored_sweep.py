@@ -2,9 +2,12 @@
 
 On ``--resume``:
 
-- a trial counts as finished only if its ``trials`` row says ok *and* its ``epochs`` and
-  ``calibration`` rows are complete; otherwise it runs again (from its group's last
-  checkpoint when only the final rows are missing, from scratch when epoch rows are);
+- a trial counts as finished only if its ``trials`` row says ok, its ``epochs`` and
+  ``calibration`` rows are complete *and* its exported student (``students/<trial_id>.pt``) is
+  there; otherwise it runs again (from its group's last checkpoint when only the final rows or
+  the weights are missing, from scratch when epoch rows are). A missing sidecar
+  (``students/<trial_id>.json``) alone is only reported: it holds nothing the ``trials`` row and
+  the weights do not;
 - a stream group that had started continues as the same group (its run directory names its
   members), whatever ``trials_per_run`` says now;
 - the config may grow the grid (more seeds, teacher counts, losses, views, datasets,
@@ -139,30 +142,54 @@ def _incomplete(tables: ResultTables, cfg: SweepConfig, trial_ids: set[str]) -> 
         lost = want_epochs - have_epochs.get(tid, set())
         if lost:
             e, split = min(lost)
-            out[tid] = (f"{len(lost)} epochs row(s), e.g. epoch {e} {split}", True)
+            out[tid] = (f"{len(lost)} epochs row(s) are missing, e.g. epoch {e} {split}", True)
         elif want_bins - have_bins.get(tid, set()):
-            out[tid] = ("calibration rows", False)
+            out[tid] = ("calibration rows are missing", False)
     return out
+
+
+def _unexported(tables: ResultTables, trial_ids: set[str]) -> dict[str, tuple[str, bool]]:
+    """Trials among ``trial_ids`` whose exported weights are missing: trial id -> (what, False).
+
+    Their sidecars are checked too, and a trial with weights but no sidecar is only reported.
+    """
+    students = tables.storage.child("students")
+    names = set(students.listdir())
+    lost = {
+        t: (f"exported student {students.uri}/{t}.pt is missing", False)
+        for t in trial_ids
+        if f"{t}.pt" not in names
+    }
+    bare = sorted(t for t in trial_ids if t not in lost and f"{t}.json" not in names)
+    if bare:
+        log.warning(
+            "%d finished trial(s) have no sidecar in %s (e.g. %s.json): their weights and trials rows "
+            "are complete, so they are kept; load_student reads the weights without it",
+            len(bare),
+            students.uri,
+            bare[0],
+        )
+    return lost
 
 
 def finished_trials(tables: ResultTables, cfg: SweepConfig | None = None) -> tuple[set[str], set[str]]:
     """(finished trials, trials to run again from scratch).
 
-    Finished: an ok ``trials`` row and complete ``epochs`` and ``calibration`` rows. An ok trial
-    with rows missing runs again: from its group's last checkpoint when only its final rows are
-    missing (the restart re-announces that epoch), from scratch when epoch rows are missing.
+    Finished: an ok ``trials`` row, complete ``epochs`` and ``calibration`` rows, and the exported
+    student's weights. An ok trial with any of these missing runs again: from its group's last
+    checkpoint when only its final rows or its weights are missing (the restart re-announces that
+    epoch), from scratch when epoch rows are missing.
     """
     done = tables.read("trials")
     ok = set(done.loc[done["status"] == "ok", "trial_id"])
     if cfg is None:
         return ok, set()
     scratch = set()
-    for tid, (what, from_scratch) in _incomplete(tables, cfg, ok).items():
+    incomplete = {**_unexported(tables, ok), **_incomplete(tables, cfg, ok)}
+    for tid, (what, from_scratch) in sorted(incomplete.items()):
         ok.discard(tid)
         how = "from scratch" if from_scratch else "from its last checkpoint if it has one"
-        log.warning(
-            "trial %s: its trials row says ok but its %s are missing; running it again %s", tid, what, how
-        )
+        log.warning("trial %s: its trials row says ok but its %s; running it again %s", tid, what, how)
         if from_scratch:
             scratch.add(tid)
     return ok, scratch

@@ -168,11 +168,12 @@ def _restore(
         skipped.append(f"{name}: {problem}")
     if ray.train.get_context().get_world_rank() == 0:
         # Said once per (re)start, so a resumed, recovered or restarted trial is visible in
-        # the driver's log, with the reason when a checkpoint was passed over.
+        # the driver's log, with the reason when a checkpoint was passed over: a warning, so
+        # that -q (kd_ray's info lines off in the workers too) still shows every recovery.
         passed = f"; passed over {'; '.join(skipped)}" if skipped else ""
         for label in labels:
             if restored is not None:
-                log.info("%s: resuming from its epoch %d checkpoint%s", label, restored[0], passed)
+                log.warning("%s: resuming from its epoch %d checkpoint%s", label, restored[0], passed)
             elif skipped:
                 log.warning("%s: starting fresh, no usable checkpoint (%s)", label, "; ".join(skipped))
     if restored is None:
