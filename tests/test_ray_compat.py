@@ -19,6 +19,43 @@ def test_private_pieces_exist_in_this_ray() -> None:
     assert _ray_compat.local_cpu_count() == float(get_num_cpus())
 
 
+def test_the_preemption_watcher_flag_is_the_one_this_ray_reads() -> None:
+    # The private cluster turns the watcher off by this variable; an upgrade that renames it
+    # (or drops the watcher) must fail here, not silently bring the watcher back.
+    import inspect
+
+    from ray.train.v2._internal import constants
+    from ray.train.v2._internal.execution.controller import controller
+
+    assert constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR == _ray_compat.PREEMPTION_WATCHER_ENV
+    source = inspect.getsource(controller)
+    assert "ENABLE_PREEMPTION_WATCHER_ENV_VAR" in source and "PreemptionCallback" in source
+
+
+def test_a_private_cluster_starts_no_preemption_watcher_and_a_joined_one_keeps_rays_default(
+    monkeypatch,
+) -> None:
+    import os
+
+    from kd_ray.config import parse_config
+    from kd_ray.orchestration.cluster import sweep_environment
+
+    cfg = parse_config({"name": "x", "datasets": [{"name": "synthetic"}]})
+    flag = _ray_compat.PREEMPTION_WATCHER_ENV
+    monkeypatch.delenv(flag, raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with sweep_environment(cfg):
+        assert os.environ[flag] == "0"
+    assert flag not in os.environ  # put back
+    monkeypatch.setenv(flag, "1")  # the user's own choice stands
+    with sweep_environment(cfg):
+        assert os.environ[flag] == "1"
+    monkeypatch.delenv(flag)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    with sweep_environment(cfg):
+        assert flag not in os.environ
+
+
 def test_single_machine_mode_sets_and_restores_the_constant() -> None:
     from ray._private import ray_constants
 

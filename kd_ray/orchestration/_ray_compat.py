@@ -16,6 +16,14 @@ CHECKED_RAY_VERSION = "2.60.0"
 
 log = logging.getLogger(__name__)
 
+# Ray Train's feature flag for its PreemptionWatcher (ray.train.v2._internal.constants): one
+# actor per Train run that polls Ray Core for node drains (spot instances being reclaimed) so
+# that ray.train.get_preemption_info() can warn the workers. No public setting turns it off.
+# A private local cluster's one node is never drained, and the watcher costs a process per run
+# that imports ray.train (1 to 3 s of CPU on 2 cores) and logs a core_worker error line in
+# every sweep ("PreemptionWatcher ... has constructor arguments in the object store").
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 
 def local_cpu_count() -> float:
     """The CPUs a private ``ray.init()`` would register on this machine.

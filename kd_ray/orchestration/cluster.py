@@ -101,7 +101,8 @@ def sweep_environment(cfg: SweepConfig) -> Iterator[None]:
 
 
 def _loopback_env() -> dict[str, str]:
-    """The environment that makes a private local cluster listen on 127.0.0.1 only.
+    """The environment that makes a private local cluster listen on 127.0.0.1 only, and
+    starts no preemption watcher with each Train run (its one node is never drained).
 
     ``ray.init(_node_ip_address="127.0.0.1")`` is not enough: Ray resolves a loopback address
     to the machine's routable IP, and GCS and raylet then listen on all interfaces. Ray's
@@ -114,11 +115,15 @@ def _loopback_env() -> dict[str, str]:
     :mod:`kd_ray.orchestration.loopback`: gloo through the environment set here, the store
     through the worker setup hook that :func:`init_ray` gives the private cluster.
     """
+    from kd_ray.orchestration._ray_compat import PREEMPTION_WATCHER_ENV
     from kd_ray.orchestration.loopback import loopback_env
 
     return {
         **loopback_env(),
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
+        # Nothing drains a private cluster's one node: no preemption watcher per run (see
+        # _ray_compat; a joined cluster keeps Ray's default). A user's own setting is kept.
+        PREEMPTION_WATCHER_ENV: os.environ.get(PREEMPTION_WATCHER_ENV, "0"),
     }
 
 
