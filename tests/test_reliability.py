@@ -290,7 +290,7 @@ def test_checkpoints_are_written_without_a_second_copy_in_memory(tmp_path) -> No
     assert not [p for p in os.listdir(storage.root) if p.endswith(".tmp")]
 
 
-# --- item 2: numerics may not change under unfinished trials; groups are kept ----------------
+# --- item 2: numerics may not change once a sweep has trials; groups are kept --------------
 
 
 def _saved_sweep(tmp_path, cfg) -> Storage:
@@ -309,14 +309,21 @@ def _saved_sweep(tmp_path, cfg) -> Storage:
         {"runtime": {"torch_threads": 3}},
     ],
 )
-def test_resume_refuses_other_numerics_while_trials_are_unfinished(tmp_path, override) -> None:
+def test_resume_refuses_other_numerics_once_the_sweep_has_trials(tmp_path, override) -> None:
     sweep = _saved_sweep(tmp_path, _cfg())
     changed = _cfg(**override)
     with pytest.raises(ResultsError, match="would mix two numerics") as err:
-        stored_sweep.refuse_changed_numerics(changed, sweep, unfinished=3)
-    assert "\n" not in str(err.value)
-    stored_sweep.refuse_changed_numerics(changed, sweep, unfinished=0)  # nothing left to mix
-    stored_sweep.refuse_changed_numerics(_cfg(resources={"max_concurrent_trials": 1}), sweep, unfinished=3)
+        stored_sweep.refuse_changed_numerics(changed, sweep, finished=1, unfinished=3)
+    assert "\n" not in str(err.value) and "while 3 trial(s) are unfinished" in str(err.value)
+    # All finished: nothing would run now, but the saved config would be rewritten to numerics
+    # none of them had, and a grown grid would add trials under them beside the old ones.
+    with pytest.raises(ResultsError, match="would mix two numerics") as err:
+        stored_sweep.refuse_changed_numerics(changed, sweep, finished=4, unfinished=0)
+    assert "its 4 finished trial(s) were computed with the saved setting" in str(err.value)
+    stored_sweep.refuse_changed_numerics(changed, sweep, finished=0, unfinished=0)  # no trial yet
+    stored_sweep.refuse_changed_numerics(
+        _cfg(resources={"max_concurrent_trials": 1}), sweep, finished=4, unfinished=3
+    )
 
 
 def test_a_started_group_is_resumed_whole_whatever_trials_per_run_says(tmp_path) -> None:

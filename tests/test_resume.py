@@ -283,6 +283,27 @@ def test_corrupt_checkpoints_fall_back_and_incomplete_rows_are_repaired(killed, 
     assert _checkpoints(results) == []
 
 
+def test_resume_of_a_finished_sweep_refuses_other_numerics_too(tmp_path):
+    # Nothing would run, but the saved config would be rewritten to numerics none of the trials
+    # had (and every teacher retrained under its new id); a later grow would mix the two.
+    results = tmp_path / "results"
+    shutil.copytree(uninterrupted_run(), results, ignore=shutil.ignore_patterns("_ray"))
+    saved = (results / "tiny" / "config.yaml").read_bytes()
+    teachers = sorted(p.name for p in (results / "_teachers").iterdir())
+    config = write_config(tmp_path, {"runtime": {"channels_last": True}})
+    done = run_cli(
+        "sweep", str(config), "--results", str(results), "--no-report", "-q", "--resume", shared=True
+    )
+    assert done.returncode == 2, (done.stdout + done.stderr)[-4000:]
+    line = user_error_line(done.stderr)
+    assert (
+        "runtime.channels_last" in line
+        and "its 4 finished trial(s) were computed with the saved setting" in line
+    )
+    assert (results / "tiny" / "config.yaml").read_bytes() == saved
+    assert sorted(p.name for p in (results / "_teachers").iterdir()) == teachers
+
+
 def test_resume_refuses_to_change_numerics_under_unfinished_trials(killed, tmp_path):
     # Issue 9, item 2: channels-last changes the numbers; the mid-way group would mix two.
     results = _copy(killed, tmp_path)

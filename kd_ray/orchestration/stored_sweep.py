@@ -15,8 +15,10 @@ On ``--resume``:
   is safe): the new trials run, the finished ones are kept and stored teachers are reused.
   Any other change to what trials compute is refused with one line naming the keys;
 - settings that change the numbers of a run (:func:`kd_ray.plan.numerics`: workers, torch
-  threads, device, bf16, channels-last, compile) may not change while trials are unfinished:
-  one run would mix two numerics, so the sweep is refused with one line.
+  threads, device, bf16, channels-last, compile) may not change once the sweep has trials:
+  while trials are unfinished, one run would mix two numerics; when all are finished, the saved
+  config would stop describing them, and trials added later (a grown grid) would run under
+  other numerics than the finished ones beside them. The sweep is refused with one line.
 
 Temporary files that a killed write left behind (``.NAME.<hex>.tmp``) are removed at start.
 """
@@ -203,25 +205,32 @@ def _saved_config(sweep: Storage) -> SweepConfig | None:
         return None
 
 
-def refuse_changed_numerics(cfg: SweepConfig, sweep: Storage, unfinished: int) -> None:
-    """Refuse a --resume that would run unfinished trials under other numerics than the sweep's.
+def refuse_changed_numerics(cfg: SweepConfig, sweep: Storage, *, finished: int, unfinished: int) -> None:
+    """Refuse a --resume under other numerics than the sweep's trials were computed with.
+
+    Unfinished trials would run, or a started group continue, under the new numerics; with all
+    trials finished the saved config would be rewritten to numerics none of them had, and a
+    later grown grid would run its new trials under them beside the old ones.
 
     Raises:
         ResultsError: names the setting, its saved and new values, and what to do.
     """
-    saved = _saved_config(sweep) if unfinished else None
+    saved = _saved_config(sweep) if finished or unfinished else None
     if saved is None:
         return
+    if unfinished:
+        why = f"while {unfinished} trial(s) are unfinished"
+    else:
+        why = f"and its {finished} finished trial(s) were computed with the saved setting"
     for role in ("student", "teacher"):
         old, new = numerics(saved, role), numerics(cfg, role)
         for key in old:
             if old[key] != new[key]:
                 raise ResultsError(
                     f"{sweep.uri}/config.yaml: {NUMERICS_FIELDS[key]} changed since this sweep "
-                    f"started ({role} {key} {old[key]!r} -> {new[key]!r}) while {unfinished} trial(s) "
-                    "are unfinished; it changes the numbers, so --resume would mix two numerics in "
-                    "one sweep. Resume with the saved setting, or start a new sweep (another name "
-                    "or --results)"
+                    f"started ({role} {key} {old[key]!r} -> {new[key]!r}) {why}; it changes the "
+                    "numbers, so --resume would mix two numerics in one sweep. Resume with the saved "
+                    "setting, or start a new sweep (another name or --results)"
                 )
 
 

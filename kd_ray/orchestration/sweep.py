@@ -315,7 +315,7 @@ def _run_sweep(
     finished, scratch = finished_trials(tables, cfg) if resume else (set(), set())
     todo = [t for t in plan.trials if t.trial_id not in finished]
     if resume:
-        refuse_changed_numerics(cfg, sweep, len(todo))
+        refuse_changed_numerics(cfg, sweep, finished=len(finished), unfinished=len(todo))
     store = TeacherStore.under(root)
     check_teachers(store, plan, todo, cfg)
     check_pretrained(cfg, store, plan)
