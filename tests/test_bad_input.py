@@ -249,6 +249,24 @@ def test_unreadable_saved_config(tmp_path, saved, capsys):
     assert (sweep / "config.yaml").read_bytes() == saved  # left for the user to look at
 
 
+def test_an_unreadable_results_file_is_one_line_for_resume_and_status(tmp_path, capsys):
+    # A host that crashed mid-write can leave a table's file empty: one line naming it, exit 2.
+    results = tmp_path / "results"
+    shutil.copytree(uninterrupted_run(), results, ignore=shutil.ignore_patterns("_ray"))
+    sweep = results / "tiny"
+    broken = sorted((sweep / "trials.parquet").glob("*.parquet"))[0]
+    broken.write_bytes(b"")
+    done = _sweep(write_config(tmp_path), results, "--resume")
+    assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+    line = user_error_line(done.stderr)
+    assert f"{broken.name}: not a readable Parquet file" in line and "delete it and run with --resume" in line
+    from kd_ray.cli import main
+
+    capsys.readouterr()
+    assert main(["status", str(sweep)]) == 2
+    assert f"{broken.name}: not a readable Parquet file" in user_error_line(capsys.readouterr().err)
+
+
 def test_foreign_teacher_checkpoint_then_resume_keeps_finished_rows(tmp_path):
     reference = uninterrupted_run()
     results = tmp_path / "results"

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kd_ray.errors import ResultsError
 from kd_ray.results.schema import KEYS, SCHEMAS, upgrade
 from kd_ray.storage import Storage
 
@@ -83,7 +84,25 @@ class ResultTables:
         name = f"{table}.parquet/{_file_name(owner)}"
         if not self.storage.exists(name):
             return to_frame(SCHEMAS[table].empty_table())
-        return to_frame(upgrade(table, pq.read_table(io.BytesIO(self.storage.read_bytes(name)))))
+        return to_frame(upgrade(table, self._read_file(name)))
+
+    def _read_file(self, name: str) -> pa.Table:
+        """One owner's file of a table.
+
+        Raises:
+            ResultsError: one line, when it is not a readable Parquet file (a host that crashed
+                mid-write can leave one empty), naming it and what to do.
+        """
+        data = self.storage.read_bytes(name)
+        try:
+            return pq.read_table(io.BytesIO(data))
+        except pa.ArrowException as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ResultsError(
+                f"{self.storage.uri}/{name}: not a readable Parquet file ({reason}); delete it and "
+                "run with --resume, which writes it again (a trial's file: the trial runs again; "
+                "a teacher's: its row is rewritten from the teacher store)"
+            ) from None
 
     def read(self, table: str) -> pd.DataFrame:
         """A whole table (empty frame with the right columns if nothing was written yet)."""
@@ -94,9 +113,6 @@ class ResultTables:
         names = [n for n in self.storage.listdir(f"{table}.parquet") if n.endswith(".parquet")]
         if not names:
             return SCHEMAS[table].empty_table()
-        parts = [
-            upgrade(table, pq.read_table(io.BytesIO(self.storage.read_bytes(f"{table}.parquet/{n}"))))
-            for n in names
-        ]
+        parts = [upgrade(table, self._read_file(f"{table}.parquet/{n}")) for n in names]
         # Files written before a column was added lack it: it reads as null (docs/results.md).
         return pa.concat_tables(parts, promote_options="default")
