@@ -221,12 +221,23 @@ def start_cli(*args: str, log: Path, ray_tmp: str) -> subprocess.Popen:
     )
 
 
+def _started_in(proc: psutil.Process, marker: str) -> bool:
+    """Whether ``proc`` runs with ``RAY_TMPDIR`` = ``marker``: a daemon that ``ray start``
+    leaves behind (its Ray client server) names no temp dir on its command line, and its
+    parent has exited."""
+    try:
+        return proc.environ().get("RAY_TMPDIR") == marker
+    except (psutil.Error, OSError):
+        return False
+
+
 def processes_under(marker: str) -> list[psutil.Process]:
-    """Processes whose command line names ``marker`` (a cluster's temp dir), with descendants."""
+    """Processes whose command line names ``marker`` (a cluster's temp dir) or that run with it
+    as their ``RAY_TMPDIR``, with descendants."""
     found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if marker in cmdline and proc.pid != os.getpid():
+        if (marker in cmdline or _started_in(proc, marker)) and proc.pid != os.getpid():
             found[proc.pid] = proc
             with contextlib.suppress(psutil.NoSuchProcess):
                 found.update({c.pid: c for c in proc.children(recursive=True)})
