@@ -22,8 +22,8 @@ Conventions, fixed in advance and never tuned to the data (docs/claims.md says w
   the z-scores are averaged with their weights (sum w z / sum w): its variance is at most 1 for
   any correlation between them, and it is a standard normal score or narrower when they are jointly
   normal (small strata: an approximation, checked by enumeration at its worst case, identical
-  strata); blocks are independent and combine by weighted Stouffer. With a single stratum the p-value is that stratum's exact permutation
-  p-value.
+  strata); blocks are independent and combine by weighted Stouffer. With a single stratum the
+  p-value is that stratum's exact permutation p-value.
 * Paired tests (Wilcoxon signed-rank, TOST) pool every pair into one test, unless the pairs fall
   into strata (a sweep over KD's τ, α or lr: each value is its own condition). Then each stratum
   gets its own Wilcoxon test, whose two-sided p and direction give a z-score, and the z-scores

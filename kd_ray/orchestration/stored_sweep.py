@@ -86,9 +86,10 @@ def _read_saved_config(sweep: Storage) -> SweepConfig:
 def prepare_results(cfg: SweepConfig, results: str, *, resume: bool) -> tuple[Storage, Storage]:
     """Check and create the results directory; returns (results root, sweep directory).
 
-    The sweep's ``config.yaml`` is written later, by :func:`kd_ray.orchestration.sweep.run_sweep`, once every input check
-    has passed: a sweep stopped by a user error can be started again without ``--resume``, and
-    a grown config (:mod:`kd_ray.orchestration.growth`) replaces the saved one only then.
+    The sweep's ``config.yaml`` is written later, by :func:`kd_ray.orchestration.sweep.run_sweep`,
+    once every input check has passed: a sweep stopped by a user error can be started again
+    without ``--resume``, and a grown config (:mod:`kd_ray.orchestration.growth`) replaces the
+    saved one only then.
 
     Raises:
         ResultsError: not writable; a sweep of this name exists and ``resume`` is off; or
